@@ -1,0 +1,1 @@
+//! Checkpoint files: PyTorch `.pth` (zip + pickle) and safetensors.

@@ -1,0 +1,1 @@
+//! Image and mask resizing, exactly as the official pipeline does it.
