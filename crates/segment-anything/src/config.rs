@@ -260,31 +260,45 @@ impl SamConfig {
             return bad("std values must be finite and non-zero".into());
         }
         let p = self.encoder_patch_size;
-        if p == 0 || self.input_size[0] % p != 0 || self.input_size[1] % p != 0 || self.input_size[0] == 0 || self.input_size[1] == 0 {
+        if p == 0
+            || !self.input_size[0].is_multiple_of(p)
+            || !self.input_size[1].is_multiple_of(p)
+            || self.input_size[0] == 0
+            || self.input_size[1] == 0
+        {
             return bad(format!(
                 "input_size {:?} must be non-zero multiples of encoder_patch_size {p}",
                 self.input_size
             ));
         }
-        if self.encoder_nb_heads == 0 || self.encoder_embed_dim % self.encoder_nb_heads != 0 {
+        if self.encoder_nb_heads == 0
+            || !self.encoder_embed_dim.is_multiple_of(self.encoder_nb_heads)
+        {
             return bad(format!(
                 "encoder_embed_dim {} must be divisible by encoder_nb_heads {}",
                 self.encoder_embed_dim, self.encoder_nb_heads
             ));
         }
-        if self.decoder_nb_heads == 0 || (self.embed_dim / 2) % self.decoder_nb_heads != 0 || self.embed_dim % 8 != 0 {
+        if self.decoder_nb_heads == 0
+            || !(self.embed_dim / 2).is_multiple_of(self.decoder_nb_heads)
+            || !self.embed_dim.is_multiple_of(8)
+        {
             return bad(format!(
                 "embed_dim {} must be a multiple of 8 and embed_dim/2 divisible by decoder_nb_heads {}",
                 self.embed_dim, self.decoder_nb_heads
             ));
         }
-        if self.prompt_mask_hidden_dim < 4 || self.prompt_mask_hidden_dim % 4 != 0 {
+        if self.prompt_mask_hidden_dim < 4 || !self.prompt_mask_hidden_dim.is_multiple_of(4) {
             return bad(format!(
                 "prompt_mask_hidden_dim {} must be a positive multiple of 4",
                 self.prompt_mask_hidden_dim
             ));
         }
-        if let Some(&i) = self.encoder_global_attn_indices.iter().find(|&&i| i >= self.encoder_nb_blocks) {
+        if let Some(&i) = self
+            .encoder_global_attn_indices
+            .iter()
+            .find(|&&i| i >= self.encoder_nb_blocks)
+        {
             return bad(format!(
                 "encoder_global_attn_indices contains {i}, but there are only {} blocks",
                 self.encoder_nb_blocks
@@ -293,7 +307,10 @@ impl SamConfig {
         if self.encoder_window_size == 0 {
             return bad("encoder_window_size must be positive".into());
         }
-        if self.encoder_drop_rate != 0.0 || self.encoder_attn_drop_rate != 0.0 || self.encoder_drop_path_rate != 0.0 {
+        if self.encoder_drop_rate != 0.0
+            || self.encoder_attn_drop_rate != 0.0
+            || self.encoder_drop_path_rate != 0.0
+        {
             return bad("drop rates must be 0 (this is an inference implementation)".into());
         }
         self.encoder_norm_eps()?;
@@ -303,7 +320,10 @@ impl SamConfig {
                 self.encoder_act_layer
             ));
         }
-        if self.decoder_iou_head_depth < 1 || self.nb_multimask_outputs < 1 || self.decoder_nb_blocks < 1 {
+        if self.decoder_iou_head_depth < 1
+            || self.nb_multimask_outputs < 1
+            || self.decoder_nb_blocks < 1
+        {
             return bad("decoder_iou_head_depth, nb_multimask_outputs and decoder_nb_blocks must be at least 1".into());
         }
         let mlp_dim = self.encoder_mlp_dim();
@@ -402,7 +422,9 @@ mod tests {
         let msg = cfg.validate().unwrap_err().to_string();
         assert!(msg.contains("mean and std"), "{msg}");
 
-        let err = SamConfig::from_json("{\"name\": \"x\"}").unwrap_err().to_string();
+        let err = SamConfig::from_json("{\"name\": \"x\"}")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing field"), "{err}");
     }
 }

@@ -24,7 +24,10 @@ pub enum Error {
     },
     /// Keys present in the checkpoint that the model does not use.
     #[error("unexpected key(s) in {source_name}: {}", format_keys(.keys))]
-    UnexpectedKeys { keys: Vec<String>, source_name: String },
+    UnexpectedKeys {
+        keys: Vec<String>,
+        source_name: String,
+    },
     /// A tensor whose shape does not match the model's.
     #[error("shape mismatch for `{key}` in {source_name}: checkpoint has {found:?}, model expects {expected:?}")]
     ShapeMismatch {
@@ -42,6 +45,9 @@ pub enum Error {
     /// An image that cannot be read or used.
     #[error("image: {0}")]
     Image(String),
+    /// A failed download (unreachable server, HTTP error, dropped connection, wrong size or hash).
+    #[error("download of {url} failed: {message}")]
+    Download { url: String, message: String },
     /// A failure inside the tensor backend.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -49,7 +55,12 @@ pub enum Error {
 
 fn format_keys(keys: &[String]) -> String {
     const SHOWN: usize = 8;
-    let mut s = keys.iter().take(SHOWN).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    let mut s = keys
+        .iter()
+        .take(SHOWN)
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if keys.len() > SHOWN {
         s.push_str(&format!(" and {} more", keys.len() - SHOWN));
     }

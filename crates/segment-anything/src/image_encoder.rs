@@ -31,7 +31,10 @@ fn resize_pos_embed(pos: &Tensor, gh: usize, gw: usize) -> Result<Tensor> {
     }
     let planes = pos.reshape((h, w, c))?.permute((2, 0, 1))?.contiguous()?;
     let resized = resize_planes(&planes, gh, gw)?;
-    Ok(resized.permute((1, 2, 0))?.contiguous()?.reshape((1, gh, gw, c))?)
+    Ok(resized
+        .permute((1, 2, 0))?
+        .contiguous()?
+        .reshape((1, gh, gw, c))?)
 }
 
 /// The official `get_rel_pos`: relative position embeddings (q_size, k_size, head_dim), with 1-D linear
@@ -59,7 +62,9 @@ pub fn get_rel_pos(q_size: usize, k_size: usize, rel_pos: &Tensor) -> Result<Ten
         }
     }
     let idx = Tensor::from_vec(idx, q_size * k_size, rel_pos.device())?;
-    Ok(rel_pos.index_select(&idx, 0)?.reshape((q_size, k_size, hd))?)
+    Ok(rel_pos
+        .index_select(&idx, 0)?
+        .reshape((q_size, k_size, hd))?)
 }
 
 /// Multi-head attention with decomposed relative position terms.
@@ -74,7 +79,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &Weights, dim: usize, num_heads: usize, qkv_bias: bool, rel_size: (usize, usize)) -> Result<Self> {
+    fn load(
+        w: &Weights,
+        dim: usize,
+        num_heads: usize,
+        qkv_bias: bool,
+        rel_size: (usize, usize),
+    ) -> Result<Self> {
         let hd = dim / num_heads;
         let accept_rel = |s: &[usize]| s.len() == 2 && s[1] == hd && s[0] >= 1;
         Ok(Self {
@@ -117,7 +128,7 @@ impl Attention {
             .matmul(&rh.permute((0, 2, 1))?.contiguous()?)? // (h, bh*w, kh)
             .reshape((h, bh, w, h))?
             .permute((1, 0, 2, 3))?; // (bh, h, w, kh)
-        // rel_w[b, y, x, kx] = Σ_c r_q[b, y, x, c] · rw[x, kx, c]
+                                     // rel_w[b, y, x, kx] = Σ_c r_q[b, y, x, c] · rw[x, kx, c]
         let rel_w = r_q
             .permute((2, 0, 1, 3))?
             .contiguous()?
@@ -163,7 +174,12 @@ pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize)
 }
 
 /// Inverse of [`window_partition`]: (B·nH·nW, ws, ws, C) → (B, H, W, C), dropping the padding.
-pub fn window_unpartition(windows: &Tensor, ws: usize, padded: (usize, usize), hw: (usize, usize)) -> Result<Tensor> {
+pub fn window_unpartition(
+    windows: &Tensor,
+    ws: usize,
+    padded: (usize, usize),
+    hw: (usize, usize),
+) -> Result<Tensor> {
     let (hp, wp) = padded;
     let (h, w) = hw;
     let (nw, _, _, c) = windows.dims4()?;
@@ -238,7 +254,9 @@ pub fn adapt_input_conv(weight: &Tensor, in_channels: usize) -> Result<Tensor> {
         return Ok(weight.sum_keepdim(1)?);
     }
     let repeat = in_channels.div_ceil(3);
-    let w = weight.repeat((1, repeat, 1, 1))?.narrow(1, 0, in_channels)?;
+    let w = weight
+        .repeat((1, repeat, 1, 1))?
+        .narrow(1, 0, in_channels)?;
     Ok((w * (3.0 / in_channels as f64))?.contiguous()?)
 }
 
@@ -275,14 +293,22 @@ impl ImageEncoder {
             let rel_size = if global { (grid[0], grid[1]) } else { (ws, ws) };
             blocks.push(Block {
                 norm1: LayerNorm::load(&bw.pp("norm1"), dim, eps)?,
-                attn: Attention::load(&bw.pp("attn"), dim, cfg.encoder_nb_heads, cfg.encoder_qkv_bias, rel_size)?,
+                attn: Attention::load(
+                    &bw.pp("attn"),
+                    dim,
+                    cfg.encoder_nb_heads,
+                    cfg.encoder_qkv_bias,
+                    rel_size,
+                )?,
                 norm2: LayerNorm::load(&bw.pp("norm2"), dim, eps)?,
                 mlp: MlpBlock::load(&bw.pp("mlp"), dim, cfg.encoder_mlp_dim(), false)?,
                 window_size: ws,
             });
         }
         let out = cfg.embed_dim;
-        let neck_w1 = w.get("neck.0.weight", &[out, dim, 1, 1])?.reshape((out, dim))?;
+        let neck_w1 = w
+            .get("neck.0.weight", &[out, dim, 1, 1])?
+            .reshape((out, dim))?;
         Ok(Self {
             patch_embed,
             pos_embed,
@@ -308,10 +334,16 @@ impl ImageEncoder {
         let (_, c, h, w) = x.dims4()?;
         let p = self.patch_size;
         if c != self.in_channels {
-            return Err(Error::arg("images", format!("expected {} channels, got {c}", self.in_channels)));
+            return Err(Error::arg(
+                "images",
+                format!("expected {} channels, got {c}", self.in_channels),
+            ));
         }
         if h == 0 || w == 0 || h % p != 0 || w % p != 0 {
-            return Err(Error::arg("images", format!("size {h}×{w} is not a non-zero multiple of the patch size {p}")));
+            return Err(Error::arg(
+                "images",
+                format!("size {h}×{w} is not a non-zero multiple of the patch size {p}"),
+            ));
         }
         let (gh, gw) = (h / p, w / p);
         if self.fixed_input_size && [gh, gw] != self.grid {

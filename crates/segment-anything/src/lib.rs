@@ -2,18 +2,23 @@
 
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "download")]
+pub mod download;
 pub mod error;
-// pub mod image_encoder; (enabled once resize lands)
+pub mod image_encoder;
+pub mod io;
 pub mod layers;
 pub mod mask_decoder;
+pub mod predictor;
 pub mod prompt_encoder;
 pub mod resize;
-// pub mod sam;
+pub mod sam;
 pub mod state_dict;
 pub mod weights;
 
 pub use config::{SamConfig, SamVariant};
 pub use error::{Error, Result};
+pub use predictor::{ImageEmbedding, ImageFormat, Prediction, PromptSet, SamPredictor};
 pub use prompt_encoder::Prompts;
-// pub use sam::{Sam, SamInputs, SamOutputs};
+pub use sam::{Sam, SamInputs, SamOutputs};
 pub use state_dict::StateDict;

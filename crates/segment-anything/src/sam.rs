@@ -46,7 +46,11 @@ pub struct Sam {
 
 impl Sam {
     /// Build from an official-layout state dict. Strict: every key must be used, with the right shape.
-    pub fn from_state_dict(config: &SamConfig, state_dict: &StateDict, device: &Device) -> Result<Self> {
+    pub fn from_state_dict(
+        config: &SamConfig,
+        state_dict: &StateDict,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let w = Weights::from_state_dict(state_dict, device);
         let sam = Self::build(config, &w, device)?;
@@ -65,7 +69,11 @@ impl Sam {
     ///
     /// Without `config`, the architecture is inferred from the checkpoint (official presets are recognised).
     /// With a `config` naming a different official variant than the checkpoint holds, the error says so.
-    pub fn load(path: impl AsRef<Path>, config: Option<&SamConfig>, device: &Device) -> Result<Self> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        config: Option<&SamConfig>,
+        device: &Device,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let sd = checkpoint::load_checkpoint(path, device)?;
         let inferred = checkpoint::infer_config(&sd);
@@ -75,7 +83,9 @@ impl Sam {
                     if want != have {
                         return Err(Error::Checkpoint {
                             path: path.to_path_buf(),
-                            message: format!("this is a {have} checkpoint, but the model {want} was requested"),
+                            message: format!(
+                                "this is a {have} checkpoint, but the model {want} was requested"
+                            ),
                         });
                     }
                 }
@@ -140,31 +150,55 @@ impl Sam {
 
     /// Encode preprocessed images NCHW (N, C, H, W) → embeddings (N, embed_dim, H/16, W/16).
     pub fn encode_images(&self, images: &Tensor) -> Result<Tensor> {
-        self.image_encoder.forward(&images.to_dtype(DType::F32)?.to_device(&self.device)?)
+        self.image_encoder
+            .forward(&images.to_dtype(DType::F32)?.to_device(&self.device)?)
     }
 
     /// Decode B prompt sets against one image embedding (1, D, gh, gw) (or B embeddings).
     ///
     /// Prompts are in the model-input frame of a padded input of `input_hw` = 16·(gh, gw).
     /// Returns low-res logits (B, K, 4gh, 4gw) and IoU predictions (B, K).
-    pub fn decode(&self, image_embeddings: &Tensor, prompts: &Prompts, multimask_output: bool) -> Result<(Tensor, Tensor)> {
+    pub fn decode(
+        &self,
+        image_embeddings: &Tensor,
+        prompts: &Prompts,
+        multimask_output: bool,
+    ) -> Result<(Tensor, Tensor)> {
         let (_, _, gh, gw) = image_embeddings.dims4()?;
         let p = self.config.encoder_patch_size;
-        let (sparse, dense) = self.prompt_encoder.forward(prompts, (gh * p, gw * p), (gh, gw), &self.device)?;
+        let (sparse, dense) =
+            self.prompt_encoder
+                .forward(prompts, (gh * p, gw * p), (gh, gw), &self.device)?;
         let pe = self.prompt_encoder.dense_pe(gh, gw, &self.device)?;
-        self.mask_decoder.forward(image_embeddings, &pe, &sparse, &dense, multimask_output)
+        self.mask_decoder
+            .forward(image_embeddings, &pe, &sparse, &dense, multimask_output)
     }
 
     /// The seed's end-to-end call: each image with its own prompt set.
     ///
     /// Images (N, H, W, C) preprocessed; returns masks (N, K, H, W) upsampled bilinearly to the padded input size
     /// (binary u8 unless `return_logits`), scores (N, K) and low-res logits (N, K, H′, W′).
-    pub fn forward(&self, inputs: &SamInputs, multimask_output: bool, return_logits: bool) -> Result<SamOutputs> {
-        let images = inputs.images.to_dtype(DType::F32)?.to_device(&self.device)?;
+    pub fn forward(
+        &self,
+        inputs: &SamInputs,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> Result<SamOutputs> {
+        let images = inputs
+            .images
+            .to_dtype(DType::F32)?
+            .to_device(&self.device)?;
         let (n, h, w, _) = images.dims4()?;
         let b = inputs.prompts.batch_size()?;
-        if b != n && !(inputs.prompts.points.is_none() && inputs.prompts.boxes.is_none() && inputs.prompts.masks.is_none()) {
-            return Err(Error::arg("prompts", format!("batch size {b} differs from the number of images {n}")));
+        if b != n
+            && !(inputs.prompts.points.is_none()
+                && inputs.prompts.boxes.is_none()
+                && inputs.prompts.masks.is_none())
+        {
+            return Err(Error::arg(
+                "prompts",
+                format!("batch size {b} differs from the number of images {n}"),
+            ));
         }
         let embeddings = self.encode_images(&images.permute((0, 3, 1, 2))?.contiguous()?)?;
         let mut lows = Vec::with_capacity(n);
@@ -176,14 +210,22 @@ impl Sam {
                 boxes: select(&inputs.prompts.boxes, i)?,
                 masks: select(&inputs.prompts.masks, i)?,
             };
-            let (low, iou) = self.decode(&embeddings.narrow(0, i, 1)?, &prompts, multimask_output)?;
+            let (low, iou) =
+                self.decode(&embeddings.narrow(0, i, 1)?, &prompts, multimask_output)?;
             lows.push(low);
             scores.push(iou);
         }
         let logits = Tensor::cat(&lows, 0)?;
         let scores = Tensor::cat(&scores, 0)?;
         let (_, k, mh, mw) = logits.dims4()?;
-        let up = interpolate_bilinear(&logits.flatten_all()?.to_vec1::<f32>()?, n * k, mh, mw, h, w);
+        let up = interpolate_bilinear(
+            &logits.flatten_all()?.to_vec1::<f32>()?,
+            n * k,
+            mh,
+            mw,
+            h,
+            w,
+        );
         let threshold = self.config.mask_threshold;
         let masks = if return_logits {
             Tensor::from_vec(up, (n, k, h, w), &self.device)?
@@ -191,7 +233,11 @@ impl Sam {
             let bin: Vec<u8> = up.iter().map(|&v| u8::from(v > threshold)).collect();
             Tensor::from_vec(bin, (n, k, h, w), &self.device)?
         };
-        Ok(SamOutputs { masks, scores, logits })
+        Ok(SamOutputs {
+            masks,
+            scores,
+            logits,
+        })
     }
 
     /// Zero-valued inputs of the right shapes for one image with one point: useful to warm up or trace the model.

@@ -14,7 +14,7 @@ use crate::state_dict::StateDict;
 
 enum Source<'a> {
     Checkpoint(&'a StateDict),
-    Random(RefCell<StdRng>),
+    Random(Box<RefCell<StdRng>>),
 }
 
 struct Inner<'a> {
@@ -39,7 +39,7 @@ impl<'a> Weights<'a> {
     /// Random weights from a seeded generator (deterministic for a given seed).
     pub fn random(seed: u64, device: &Device) -> Weights<'static> {
         Weights::new(
-            Source::Random(RefCell::new(StdRng::seed_from_u64(seed))),
+            Source::Random(Box::new(RefCell::new(StdRng::seed_from_u64(seed)))),
             device,
         )
     }

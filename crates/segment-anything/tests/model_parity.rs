@@ -93,6 +93,8 @@ fn tiny_prompt_cases_match_official() {
 #[test]
 fn grayscale_and_four_channel_models_match_official_adapted_weights() {
     check_embeddings("tiny_gray");
+    check_cases("tiny_gray");
+    check_embeddings("tiny_4ch");
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub struct PromptCase {
     pub low_res_logits: String,
     pub iou_predictions: String,
     pub masks_logits: Option<String>,
+    /// Binary masks B×K×H0×W0 packed with numpy `packbits` (big-endian bit order).
+    pub masks_bits: Option<String>,
 }
 
 /// Root of the repository (two levels above this crate).
@@ -105,6 +107,26 @@ pub fn max_abs_diff(ours: &Tensor, reference: &Tensor) -> (f32, f32) {
         max_ref = max_ref.max(y.abs());
     }
     (diff, max_ref)
+}
+
+/// Unpack numpy `packbits` output (big-endian bit order) into `n` booleans.
+pub fn unpack_bits(t: &Tensor, n: usize) -> Vec<bool> {
+    let bytes = t.to_vec1::<u8>().unwrap();
+    assert!(bytes.len() * 8 >= n, "packed mask too short");
+    (0..n)
+        .map(|i| bytes[i / 8] >> (7 - i % 8) & 1 == 1)
+        .collect()
+}
+
+/// IoU of two binary masks.
+pub fn bool_iou(a: &[bool], b: &[bool]) -> f64 {
+    let inter = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
+    let union = a.iter().zip(b).filter(|(x, y)| **x || **y).count();
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
 }
 
 /// IoU of two binary masks given as logits thresholded at 0.
