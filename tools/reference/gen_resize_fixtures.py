@@ -26,9 +26,11 @@ Conventions
   `(code - 128) / 16.7` (both numpy and Rust round each IEEE operation identically).
 * f32 outputs are stored as samples: `<case>/row_sel` (n, 2) int64 pairs (plane, row) with
   `<case>/rows` (n, out_w) float32, and `<case>/col_sel` (n, 2) pairs (plane, col) with `<case>/cols`
-  (n, out_h) float32; plus, in cases.json, `sum` and `sum_sq` (float64) over the whole output. Small outputs are
-  stored in full as `<case>/expected`.
+  (n, out_h) float32; plus, in cases.json, `sum` and `sum_sq` (float64) over the whole output. Outputs of at most
+  FULL_LIMIT_F32 values are stored in full as `<case>/expected`.
 * resized_size: rows [h, w, long_side, new_h, new_w] of the official get_preprocess_shape.
+* `torch_kernel`: "generic" (upsample_generic_Nd_kernel_impl, FMA-contracted; our arithmetic, bit-exact) or
+  "channels_last" (the vectorised kernel PyTorch picks when out_h + out_w <= 128: same formula, other rounding).
 * coords: `coords/<name>/points` (N, 2) and `coords/<name>/boxes` (M, 4) float64 inputs in original pixels;
   `.../points_out`, `.../boxes_out` float64 = official apply_coords / apply_boxes.
 """
@@ -53,11 +55,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_OUT = os.path.join(REPO_ROOT, "crates", "segment-anything", "tests", "fixtures", "resize")
 IMAGES = os.path.join(REPO_ROOT, "assets", "images")
 BUDGET_BYTES = 1_500_000
-FULL_LIMIT = 32_768  # bytes (Pillow) or values (f32) stored in full
+FULL_LIMIT = 32_768  # Pillow outputs of at most this many bytes are stored in full
+FULL_LIMIT_F32 = 4_096  # f32 outputs of at most this many values are stored in full
 MODES = {1: "L", 2: "La", 3: "RGB", 4: "RGBa"}
 CODE_DIVISOR = np.float32(16.7)
 
-torch.set_num_threads(1)
+# With one thread and 3 channels PyTorch's CPU bilinear kernel switches to its vectorised channels-last path
+# (`upsample_bilinear2d_kernel_impl_float`), which rounds differently; two threads keep the generic kernel, the
+# one a normal multi-threaded run uses (its result does not depend on the thread count).
+torch.set_num_threads(2)
 
 
 def sha256(b: bytes) -> str:
@@ -99,7 +105,7 @@ def store_expected(tensors, entry, key, out: np.ndarray, rng, nsel: int) -> None
     p, h, w = out.shape
     entry["sum"] = float(out.astype(np.float64).sum())
     entry["sum_sq"] = float((out.astype(np.float64) ** 2).sum())
-    if out.size <= FULL_LIMIT // 4:
+    if out.size <= FULL_LIMIT_F32:
         tensors[f"{key}/expected"] = out
         entry["stored"] = "full"
         return
@@ -206,6 +212,11 @@ def photo_cases(tensors, photos):
         tensors[f"photo/{name}/row_sha"] = row_sha(official)
 
 
+def torch_kernel(out_h: int, out_w: int) -> str:
+    """Which CPU kernel F.interpolate(bilinear) runs for a contiguous NCHW float32 input with >= 2 threads."""
+    return "channels_last" if out_h + out_w <= 128 else "generic"
+
+
 def interp_cases(rng, tensors, cases):
     specs = [
         ("up_64_256", 2, (64, 64), (256, 256)),
@@ -213,6 +224,9 @@ def interp_cases(rng, tensors, cases):
         ("down_1024x96_300x29", 1, (1024, 96), (300, 29)),
         ("up_nonsquare_45x67_256x129", 3, (45, 67), (256, 129)),
         ("mixed_100x300_250x110", 1, (100, 300), (250, 110)),
+        ("same_h_40x30_40x200", 1, (40, 30), (40, 200)),
+        ("same_w_90x40_300x40", 1, (90, 40), (300, 40)),
+        ("from_1_1x1_100x60", 1, (1, 1), (100, 60)),
         ("same_h_40x30_40x77", 2, (40, 30), (40, 77)),
         ("same_w_30x40_9x40", 2, (30, 40), (9, 40)),
         ("down_to_1_17x23_1x1", 2, (17, 23), (1, 1)),
@@ -224,7 +238,8 @@ def interp_cases(rng, tensors, cases):
         codes = random_codes(rng, (planes, ih, iw))
         x = torch.from_numpy(codes_to_f32(codes)).unsqueeze(0)
         out = F.interpolate(x, (oh, ow), mode="bilinear", align_corners=False)[0].numpy()
-        entry = {"name": name, "planes": planes, "in_size": [ih, iw], "out_size": [oh, ow], "codes": f"{key}/codes"}
+        entry = {"name": name, "planes": planes, "in_size": [ih, iw], "out_size": [oh, ow], "codes": f"{key}/codes",
+                 "torch_kernel": torch_kernel(oh, ow)}
         tensors[f"{key}/codes"] = codes
         store_expected(tensors, entry, key, out, rng, nsel=6)
         cases.append(entry)
@@ -243,7 +258,7 @@ def postprocess_cases(rng, tensors, cases):
         key = f"postprocess/{original[0]}x{original[1]}"
         entry = {"name": key, "planes": 3, "mask_size": [256, 256], "input_size": [1024, 1024],
                  "resized_size": list(resized), "original_size": list(original), "codes": "postprocess/codes",
-                 "positives": int((out > 0).sum())}
+                 "positives": int((out > 0).sum()), "torch_kernel": torch_kernel(*original)}
         store_expected(tensors, entry, key, out, rng, nsel=2)
         cases.append(entry)
 

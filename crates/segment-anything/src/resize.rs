@@ -374,8 +374,9 @@ impl AxisTaps {
 
 /// Separable bilinear on `planes` planes of `in_h × in_w`: output `(planes, rows.len(), cols.len())`.
 ///
-/// Each output is `t0 * h0 + t1 * h1` with `t = x[i0] * w0 + x[i1] * w1` along the width, exactly the expression of
-/// PyTorch's generic kernel; the width-interpolated rows are computed once and shared, which changes no value.
+/// Each output is `fma(t0, h0, t1 * h1)` with `t = fma(x[i0], w0, x[i1] * w1)` along the width, exactly the
+/// arithmetic of PyTorch's generic CPU kernel (`upsample_generic_Nd_kernel_impl`, built with FMA contraction); the
+/// width-interpolated rows are computed once and shared, which changes no value.
 fn interpolate_taps(
     src: &[f32],
     planes: usize,
@@ -392,24 +393,84 @@ fn interpolate_taps(
     // Rows of each input plane that are read.
     let used_h = rows.extent();
     let mut tmp = vec![0f32; planes * used_h * out_w];
+    let fma = has_hardware_fma();
     tmp.par_chunks_mut(out_w).enumerate().for_each(|(r, t)| {
         let (p, y) = (r / used_h, r % used_h);
         let line = &src[(p * in_h + y) * in_w..(p * in_h + y + 1) * in_w];
-        for (j, v) in t.iter_mut().enumerate() {
-            *v = line[cols.i0[j]] * cols.w0[j] + line[cols.i1[j]] * cols.w1[j];
-        }
+        lerp_gather(fma, line, cols, t);
     });
     out.par_chunks_mut(out_w).enumerate().for_each(|(r, o)| {
         let (p, i) = (r / out_h, r % out_h);
         let base = p * used_h;
         let t0 = &tmp[(base + rows.i0[i]) * out_w..(base + rows.i0[i] + 1) * out_w];
         let t1 = &tmp[(base + rows.i1[i]) * out_w..(base + rows.i1[i] + 1) * out_w];
-        let (h0, h1) = (rows.w0[i], rows.w1[i]);
-        for ((v, &a), &b) in o.iter_mut().zip(t0).zip(t1) {
-            *v = a * h0 + b * h1;
-        }
+        lerp_rows(fma, t0, t1, rows.w0[i], rows.w1[i], o);
     });
     out
+}
+
+// PyTorch's kernel is compiled with FMA contraction: `a * w0 + b * w1` is evaluated as `fma(a, w0, b * w1)`.
+// `f32::mul_add` is exact (one rounding) everywhere, but without the `fma` target feature it is a libm call; the
+// row kernels below are therefore also compiled with the feature enabled and chosen at run time. Both give the
+// same bits.
+
+fn has_hardware_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[j] = fma(line[i0[j]], w0[j], line[i1[j]] * w1[j])`.
+#[inline(always)]
+fn lerp_gather_impl(line: &[f32], cols: &AxisTaps, out: &mut [f32]) {
+    for ((((v, &i0), &i1), &w0), &w1) in out.iter_mut().zip(&cols.i0).zip(&cols.i1).zip(&cols.w0).zip(&cols.w1) {
+        *v = line[i0].mul_add(w0, line[i1] * w1);
+    }
+}
+
+/// `out[j] = fma(t0[j], h0, t1[j] * h1)`.
+#[inline(always)]
+fn lerp_rows_impl(t0: &[f32], t1: &[f32], h0: f32, h1: f32, out: &mut [f32]) {
+    for ((v, &a), &b) in out.iter_mut().zip(t0).zip(t1) {
+        *v = a.mul_add(h0, b * h1);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn lerp_gather_fma(line: &[f32], cols: &AxisTaps, out: &mut [f32]) {
+    lerp_gather_impl(line, cols, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn lerp_rows_fma(t0: &[f32], t1: &[f32], h0: f32, h1: f32, out: &mut [f32]) {
+    lerp_rows_impl(t0, t1, h0, h1, out)
+}
+
+fn lerp_gather(fma: bool, line: &[f32], cols: &AxisTaps, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if fma {
+        // SAFETY: `fma` is true only when the CPU supports the `fma` target feature.
+        return unsafe { lerp_gather_fma(line, cols, out) };
+    }
+    let _ = fma;
+    lerp_gather_impl(line, cols, out)
+}
+
+fn lerp_rows(fma: bool, t0: &[f32], t1: &[f32], h0: f32, h1: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if fma {
+        // SAFETY: `fma` is true only when the CPU supports the `fma` target feature.
+        return unsafe { lerp_rows_fma(t0, t1, h0, h1, out) };
+    }
+    let _ = fma;
+    lerp_rows_impl(t0, t1, h0, h1, out)
 }
 
 fn check_planes(src: &[f32], planes: usize, in_h: usize, in_w: usize) -> Result<()> {

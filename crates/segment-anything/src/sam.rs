@@ -79,13 +79,18 @@ impl Sam {
         let inferred = checkpoint::infer_config(&sd);
         let config = match (config, inferred) {
             (Some(cfg), Ok(found)) => {
-                if let (Some(want), Some(have)) = (cfg.variant(), found.variant()) {
-                    if want != have {
+                if let Some(want) = cfg.variant() {
+                    if found.variant() != Some(want) {
+                        let have = match found.variant() {
+                            Some(v) => format!("a {v} checkpoint"),
+                            None => format!(
+                                "a checkpoint of another architecture (encoder dim {}, {} blocks, {} heads)",
+                                found.encoder_embed_dim, found.encoder_nb_blocks, found.encoder_nb_heads
+                            ),
+                        };
                         return Err(Error::Checkpoint {
                             path: path.to_path_buf(),
-                            message: format!(
-                                "this is a {have} checkpoint, but the model {want} was requested"
-                            ),
+                            message: format!("this is {have}, but the model {want} was requested"),
                         });
                     }
                 }

@@ -550,10 +550,8 @@ fn infer_custom_input_size() {
     for (k, s) in shapes.iter_mut() {
         if k == "image_encoder.pos_embed" {
             *s = vec![1, 32, 32, 768];
-        } else if k.ends_with("rel_pos_h") || k.ends_with("rel_pos_w") {
-            if s[0] == 127 {
-                s[0] = 63;
-            }
+        } else if (k.ends_with("rel_pos_h") || k.ends_with("rel_pos_w")) && s[0] == 127 {
+            s[0] = 63;
         }
     }
     let cfg = infer_config_from_shapes(&shapes).unwrap();
