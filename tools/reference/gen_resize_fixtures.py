@@ -29,8 +29,11 @@ Conventions
   (n, out_h) float32; plus, in cases.json, `sum` and `sum_sq` (float64) over the whole output. Outputs of at most
   FULL_LIMIT_F32 values are stored in full as `<case>/expected`.
 * resized_size: rows [h, w, long_side, new_h, new_w] of the official get_preprocess_shape.
+* interp `mode`: "bilinear" (F.interpolate on (1, P, H, W)) or "linear" (F.interpolate(mode="linear") on
+  (1, P, W) with H = 1, as the official get_rel_pos does).
 * `torch_kernel`: "generic" (upsample_generic_Nd_kernel_impl, FMA-contracted; our arithmetic, bit-exact) or
-  "channels_last" (the vectorised kernel PyTorch picks when out_h + out_w <= 128: same formula, other rounding).
+  "channels_last" (the vectorised kernel PyTorch picks for bilinear when out_h + out_w <= 128: it rounds the
+  source index differently, so values differ by up to ~1e-5).
 * coords: `coords/<name>/points` (N, 2) and `coords/<name>/boxes` (M, 4) float64 inputs in original pixels;
   `.../points_out`, `.../boxes_out` float64 = official apply_coords / apply_boxes.
 """
@@ -231,15 +234,23 @@ def interp_cases(rng, tensors, cases):
         ("same_w_30x40_9x40", 2, (30, 40), (9, 40)),
         ("down_to_1_17x23_1x1", 2, (17, 23), (1, 1)),
         ("from_1_1x1_5x4", 2, (1, 1), (5, 4)),
+        ("bilinear_1x27_1x127", 4, (1, 27), (1, 127)),
+        # get_rel_pos: F.interpolate(rel_pos (1, C, L), size=max_rel_dist, mode="linear") (always the generic kernel).
         ("linear_1x27_1x127", 4, (1, 27), (1, 127)),
+        ("linear_1x14_1x27", 3, (1, 14), (1, 27)),
     ]
     for name, planes, (ih, iw), (oh, ow) in specs:
         key = f"interp/{name}"
         codes = random_codes(rng, (planes, ih, iw))
         x = torch.from_numpy(codes_to_f32(codes)).unsqueeze(0)
-        out = F.interpolate(x, (oh, ow), mode="bilinear", align_corners=False)[0].numpy()
+        if name.startswith("linear_"):
+            out = F.interpolate(x[:, :, 0, :], ow, mode="linear", align_corners=False)[:, :, None, :][0].numpy()
+            kernel = "generic"
+        else:
+            out = F.interpolate(x, (oh, ow), mode="bilinear", align_corners=False)[0].numpy()
+            kernel = torch_kernel(oh, ow)
         entry = {"name": name, "planes": planes, "in_size": [ih, iw], "out_size": [oh, ow], "codes": f"{key}/codes",
-                 "torch_kernel": torch_kernel(oh, ow)}
+                 "mode": "linear" if name.startswith("linear_") else "bilinear", "torch_kernel": kernel}
         tensors[f"{key}/codes"] = codes
         store_expected(tensors, entry, key, out, rng, nsel=6)
         cases.append(entry)

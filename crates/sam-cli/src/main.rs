@@ -1,5 +1,6 @@
 //! `sam`: the Segment Anything command line, a thin layer over the `segment-anything` library.
 
+mod bench;
 mod npy;
 mod overlay;
 
@@ -39,6 +40,8 @@ enum Command {
         /// vit_b, vit_l or vit_h.
         variant: String,
     },
+    /// Time model load, the image encoder and predict with random weights (no download needed).
+    Bench(bench::BenchArgs),
     /// Convert a PyTorch `.pth` checkpoint to `.safetensors`.
     Convert {
         /// Input `.pth` file.
@@ -134,6 +137,7 @@ fn main() {
         Command::Models => models(),
         Command::Download { variant } => download_cmd(&variant, &log),
         Command::Convert { input, output } => convert(&input, &output, &log),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

@@ -14,6 +14,7 @@
 //! Tensors keep the dtype they have in the file, with two exceptions candle cannot represent: `int8` is widened to
 //! `i16` and `bool` is stored as `u8` (0/1). The model code converts weights to f32 itself.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -472,8 +473,8 @@ fn build_tensor(
         .iter()
         .try_fold(1usize, |a, &s| a.checked_mul(s))
         .ok_or("the shape overflows")?;
-    let mut bytes: Vec<u8> = if numel == 0 {
-        Vec::new()
+    let bytes: Cow<'_, [u8]> = if numel == 0 {
+        Cow::Borrowed(&[])
     } else {
         // Highest element index the view touches.
         let mut last = t.offset;
@@ -489,13 +490,27 @@ fn build_tensor(
                 storage.numel
             ));
         }
-        gather(buf, elem, t.offset, &t.size, &t.stride, numel)
+        if is_contiguous(&t.size, &t.stride) {
+            // `last < storage.numel` and the buffer holds `storage.numel` elements: in bounds.
+            Cow::Borrowed(&buf[t.offset * elem..(last + 1) * elem])
+        } else {
+            let total = numel.checked_mul(elem).ok_or("the tensor is too large")?;
+            let mut out = Vec::new();
+            out.try_reserve_exact(total)
+                .map_err(|_| format!("cannot allocate {total} bytes for the tensor"))?;
+            gather(buf, elem, t.offset, &t.size, &t.stride, &mut out);
+            Cow::Owned(out)
+        }
     };
-    if big_endian && elem > 1 {
-        for chunk in bytes.chunks_exact_mut(elem) {
+    let bytes = if big_endian && elem > 1 {
+        let mut b = bytes.into_owned();
+        for chunk in b.chunks_exact_mut(elem) {
             chunk.reverse();
         }
-    }
+        Cow::Owned(b)
+    } else {
+        bytes
+    };
     use pickle::TorchDtype as D;
     let (dtype, bytes) = match storage.kind.dtype {
         D::F32 => (DType::F32, bytes),
@@ -505,7 +520,7 @@ fn build_tensor(
         D::I64 => (DType::I64, bytes),
         D::I32 => (DType::I32, bytes),
         D::I16 => (DType::I16, bytes),
-        D::I8 => (DType::I16, widen_i8(&bytes)),
+        D::I8 => (DType::I16, Cow::Owned(widen_i8(&bytes))),
         D::U8 | D::Bool => (DType::U8, bytes),
     };
     Tensor::from_raw_buffer(&bytes, dtype, &t.size, device).map_err(|e| e.to_string())
@@ -522,19 +537,15 @@ fn is_contiguous(size: &[usize], stride: &[usize]) -> bool {
     true
 }
 
-/// Copy the elements of a strided view (bounds already checked) into a row-major buffer.
+/// Append the elements of a non-contiguous strided view (bounds already checked) to `out`, in row-major order.
 fn gather(
     buf: &[u8],
     elem: usize,
     offset: usize,
     size: &[usize],
     stride: &[usize],
-    numel: usize,
-) -> Vec<u8> {
-    if is_contiguous(size, stride) {
-        return buf[offset * elem..(offset + numel) * elem].to_vec();
-    }
-    let mut out = Vec::with_capacity(numel * elem);
+    out: &mut Vec<u8>,
+) {
     let nd = size.len();
     // Innermost run: contiguous when the last stride is 1.
     let (inner, inner_contig) = match (size.last(), stride.last()) {
@@ -556,7 +567,7 @@ fn gather(
         let mut d = outer_dims;
         loop {
             if d == 0 {
-                return out;
+                return;
             }
             d -= 1;
             idx[d] += 1;
@@ -1428,6 +1439,29 @@ fn map_hf_key(key: &str, mlp_mid_layers: &HashMap<String, usize>) -> String {
     key.to_string()
 }
 
+/// Number of middle layers of each MLP that uses the HF names (has `proj_in` or `proj_out`), by key prefix.
+fn hf_mlp_mid_layers(sd: &StateDict) -> HashMap<String, usize> {
+    let mut mid: HashMap<String, usize> = HashMap::new();
+    for key in sd.keys() {
+        if let Some((prefix, tail)) = mlp_prefix(key) {
+            if tail.starts_with("proj_in.") || tail.starts_with("proj_out.") {
+                mid.entry(prefix.to_string()).or_insert(0);
+            }
+        }
+    }
+    for key in sd.keys() {
+        if let Some((prefix, tail)) = mlp_prefix(key) {
+            if let (Some(n), Some((j, _))) = (
+                mid.get_mut(prefix),
+                tail.strip_prefix("layers.").and_then(split_index),
+            ) {
+                *n = (*n).max(j + 1);
+            }
+        }
+    }
+    mid
+}
+
 /// Map a Hugging Face `transformers` SAM state dict (`SamModel`) to the official key layout.
 ///
 /// This is the exact inverse of `replace_keys` in transformers' `convert_sam_to_hf.py`; no tensor is reshaped
@@ -1453,25 +1487,7 @@ fn map_hf_key(key: &str, mlp_mid_layers: &HashMap<String, usize>) -> String {
 pub fn hf_to_official(sd: StateDict) -> Result<StateDict> {
     let source = sd.source_name().to_string();
     let path = PathBuf::from(&source);
-    // Number of middle layers of each MLP that uses the HF names (has proj_in or proj_out).
-    let mut mid: HashMap<String, usize> = HashMap::new();
-    for key in sd.keys() {
-        if let Some((prefix, tail)) = mlp_prefix(key) {
-            if tail.starts_with("proj_in.") || tail.starts_with("proj_out.") {
-                mid.entry(prefix.to_string()).or_insert(0);
-            }
-        }
-    }
-    for key in sd.keys() {
-        if let Some((prefix, tail)) = mlp_prefix(key) {
-            if let (Some(n), Some((j, _))) = (
-                mid.get_mut(prefix),
-                tail.strip_prefix("layers.").and_then(split_index),
-            ) {
-                *n = (*n).max(j + 1);
-            }
-        }
-    }
+    let mid = hf_mlp_mid_layers(&sd);
     let mut out = StateDict::new(source);
     let mut origin: HashMap<String, String> = HashMap::new();
     for (key, tensor) in sd.into_tensors() {
@@ -1513,7 +1529,8 @@ pub fn hf_to_official(sd: StateDict) -> Result<StateDict> {
 // Architecture inference
 // ------------------------------------------------------------------------------------------------------------------
 
-/// Derive the architecture from the tensor shapes of a state dict in the official key layout.
+/// Derive the architecture from the tensor shapes of a state dict (official key layout; Hugging Face keys are
+/// also understood).
 ///
 /// Everything is read from shapes (see [`infer_config_from_shapes`]) except what shapes cannot tell:
 /// `decoder_nb_heads` (8, the official value, when `embed_dim / 2` is divisible by 8), the encoder LayerNorm epsilon
@@ -1521,9 +1538,17 @@ pub fn hf_to_official(sd: StateDict) -> Result<StateDict> {
 /// If the result equals an official preset, the preset is returned (with its name, URL and checksum); otherwise the
 /// name is `custom`. A model that differs in one of the non-inferable values needs an explicit config.
 pub fn infer_config(sd: &StateDict) -> Result<SamConfig> {
+    // Hugging Face keys are renamed on the fly (shapes are identical in both layouts).
+    let mid = is_hf_layout(sd).then(|| hf_mlp_mid_layers(sd));
     let shapes: BTreeMap<String, Vec<usize>> = sd
         .iter()
-        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .map(|(k, t)| {
+            let key = match &mid {
+                Some(mid) => map_hf_key(k, mid),
+                None => k.clone(),
+            };
+            (key, t.dims().to_vec())
+        })
         .collect();
     infer_impl(&shapes, sd.source_name())
 }

@@ -5,7 +5,7 @@
 //!   resampler behind `ResizeLongestSide.apply_image`): antialiased triangle filter, 22-bit fixed point,
 //!   two separable passes through a `u8` intermediate.
 //! * [`interpolate_bilinear`]: PyTorch's `F.interpolate(mode="bilinear", align_corners=False)` (no antialias) on a
-//!   stack of `f32` planes, with the CPU kernel's `f32` index/weight arithmetic.
+//!   stack of `f32` planes, bit-identical to the generic CPU kernel (`f32` indices and weights, FMA).
 //! * [`postprocess_masks`]: `Sam.postprocess_masks` (upsample to the padded input, crop, resize to the original).
 //! * [`ImageResizer`]: the bookkeeping between an original image, its resized copy and the padded model input.
 //!
@@ -158,7 +158,8 @@ fn horizontal_line<const C: usize>(line: &[u8], coeffs: &PillowCoeffs, out: &mut
         let mut acc = [ROUNDING; C];
         for (p, &w) in taps.chunks_exact(C).zip(k) {
             for c in 0..C {
-                acc[c] += p[c] as i32 * w;
+                // Wrapping as C's int does (it cannot overflow for realistic sizes).
+                acc[c] = acc[c].wrapping_add(p[c] as i32 * w);
             }
         }
         for c in 0..C {
@@ -175,7 +176,7 @@ fn horizontal_line_dyn(line: &[u8], channels: usize, coeffs: &PillowCoeffs, out:
         let taps = &line[start * channels..(start + k.len()) * channels];
         for (p, &w) in taps.chunks_exact(channels).zip(k) {
             for (a, &v) in acc.iter_mut().zip(p) {
-                *a += v as i32 * w;
+                *a = a.wrapping_add(v as i32 * w);
             }
         }
         for (o, &a) in px.iter_mut().zip(&acc) {
@@ -205,7 +206,7 @@ fn pillow_vertical(
             for (t, &w) in k.iter().enumerate() {
                 let line = &src[(start + t) * row_len..(start + t + 1) * row_len];
                 for (a, &v) in acc.iter_mut().zip(line) {
-                    *a += v as i32 * w;
+                    *a = a.wrapping_add(v as i32 * w);
                 }
             }
             for (o, &a) in out.iter_mut().zip(acc.iter()) {
@@ -249,19 +250,16 @@ pub fn resize_bilinear_u8(
     if expected != Some(src.len()) {
         return Err(Error::arg(
             "src",
-            format!(
-                "{} bytes for a {h}×{w}×{channels} image (expected {})",
-                src.len(),
-                h * w * channels
-            ),
+            format!("{} bytes for a {h}×{w}×{channels} image", src.len()),
         ));
     }
-    if out_h
-        .checked_mul(out_w)
-        .and_then(|n| n.checked_mul(channels))
-        .is_none()
-        || h > i32::MAX as usize
-    {
+    // Output and intermediate buffers (out_h × w and h × out_w) must be addressable.
+    let fits = |a: usize, b: usize| {
+        a.checked_mul(b)
+            .and_then(|n| n.checked_mul(channels))
+            .is_some()
+    };
+    if !fits(out_h, out_w) || !fits(out_h, w) || !fits(h, out_w) || h.max(w) > i32::MAX as usize {
         return Err(Error::arg(
             "out_size",
             format!("output size {out_h}×{out_w}×{channels} is too large"),
@@ -428,7 +426,13 @@ fn has_hardware_fma() -> bool {
 /// `out[j] = fma(line[i0[j]], w0[j], line[i1[j]] * w1[j])`.
 #[inline(always)]
 fn lerp_gather_impl(line: &[f32], cols: &AxisTaps, out: &mut [f32]) {
-    for ((((v, &i0), &i1), &w0), &w1) in out.iter_mut().zip(&cols.i0).zip(&cols.i1).zip(&cols.w0).zip(&cols.w1) {
+    for ((((v, &i0), &i1), &w0), &w1) in out
+        .iter_mut()
+        .zip(&cols.i0)
+        .zip(&cols.i1)
+        .zip(&cols.w0)
+        .zip(&cols.w1)
+    {
         *v = line[i0].mul_add(w0, line[i1] * w1);
     }
 }
@@ -473,6 +477,13 @@ fn lerp_rows(fma: bool, t0: &[f32], t1: &[f32], h0: f32, h1: f32, out: &mut [f32
     lerp_rows_impl(t0, t1, h0, h1, out)
 }
 
+/// `a * b * c`, or an error naming `what` when it overflows.
+fn volume(what: &'static str, a: usize, b: usize, c: usize) -> Result<usize> {
+    a.checked_mul(b)
+        .and_then(|n| n.checked_mul(c))
+        .ok_or_else(|| Error::arg(what, format!("size {a}×{b}×{c} is too large")))
+}
+
 fn check_planes(src: &[f32], planes: usize, in_h: usize, in_w: usize) -> Result<()> {
     let expected = planes.checked_mul(in_h).and_then(|n| n.checked_mul(in_w));
     if expected != Some(src.len()) {
@@ -495,7 +506,7 @@ pub fn try_interpolate_bilinear(
     out_w: usize,
 ) -> Result<Vec<f32>> {
     check_planes(src, planes, in_h, in_w)?;
-    if planes * out_h * out_w == 0 {
+    if volume("out_size", planes, out_h, out_w)? == 0 {
         return Ok(Vec::new());
     }
     if in_h == 0 || in_w == 0 {
@@ -504,6 +515,8 @@ pub fn try_interpolate_bilinear(
             format!("cannot resize empty {in_h}×{in_w} planes to {out_h}×{out_w}"),
         ));
     }
+    // Intermediate buffer: the width-interpolated input rows.
+    volume("out_size", planes, in_h, out_w)?;
     let rows = AxisTaps::torch(in_h, out_h, out_h);
     let cols = AxisTaps::torch(in_w, out_w, out_w);
     Ok(interpolate_taps(src, planes, in_h, in_w, &rows, &cols))
@@ -512,7 +525,13 @@ pub fn try_interpolate_bilinear(
 /// Resize a stack of planes `(planes, in_h, in_w)` to `(planes, out_h, out_w)` as PyTorch's
 /// `F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)` (no antialias, also when downsampling)
 /// does on the CPU in `f32`: `scale = in / out` (f32), `src = max((dst + 0.5) * scale - 0.5, 0)`, `i0 = floor(src)`,
-/// `i1 = min(i0 + 1, in - 1)`, `λ = src - i0`; an unchanged side is copied.
+/// `i1 = min(i0 + 1, in - 1)`, `λ = src - i0`; an unchanged side is copied; each output is
+/// `fma(t0, 1 - λh, t1 * λh)` with `t = fma(x0, 1 - λw, x1 * λw)`.
+///
+/// Bit-identical to PyTorch's generic CPU kernel, which serves every `mode="linear"` call (with `in_h = out_h = 1`,
+/// e.g. `get_rel_pos`) and every bilinear call on NCHW input except two cases that take its vectorised
+/// channels-last kernel: outputs with `out_h + out_w <= 128`, and 3 channels with a single torch thread. That
+/// kernel rounds differently (its source index and four-term sum; differences up to ~1e-5 on values ~10).
 ///
 /// Invalid input (`src.len() != planes * in_h * in_w`, or empty input planes with a non-empty output) gives an
 /// empty `Vec`; use [`try_interpolate_bilinear`] for an error instead.
@@ -554,9 +573,13 @@ pub fn try_postprocess_masks(
             format!("resized size {rh}×{rw} is larger than the input size {ph}×{pw}"),
         ));
     }
-    if planes * h0 * w0 == 0 {
+    if volume("original_size", planes, h0, w0)? == 0 {
         return Ok(Vec::new());
     }
+    // Intermediate buffers.
+    volume("resized_size", planes, rh, rw)?;
+    volume("original_size", planes, rh, w0)?;
+    volume("resized_size", planes, mask_h, rw)?;
     // Upsampling to (ph, pw) then cropping to (rh, rw) equals computing the first rh rows / rw columns only.
     let rows = AxisTaps::torch(mask_h, ph, rh);
     let cols = AxisTaps::torch(mask_w, pw, rw);
@@ -630,7 +653,7 @@ pub fn resize_area(
     out_w: usize,
 ) -> Result<Vec<f32>> {
     check_planes(src, planes, in_h, in_w)?;
-    if planes * out_h * out_w == 0 {
+    if volume("out_size", planes, out_h, out_w)? == 0 {
         return Ok(Vec::new());
     }
     if in_h == 0 || in_w == 0 {
@@ -807,7 +830,7 @@ impl ImageResizer {
     ) -> Result<Vec<T>> {
         let (h, w) = self.rescaled_size;
         let (ph, pw) = self.dst_size;
-        if src.len() != h * w * channels {
+        if Some(src.len()) != h.checked_mul(w).and_then(|n| n.checked_mul(channels)) {
             return Err(Error::arg(
                 "src",
                 format!(
@@ -816,7 +839,7 @@ impl ImageResizer {
                 ),
             ));
         }
-        let mut out = vec![T::default(); ph * pw * channels];
+        let mut out = vec![T::default(); volume("dst_size", ph, pw, channels)?];
         if src.is_empty() {
             return Ok(out);
         }
@@ -936,7 +959,7 @@ impl ImageResizer {
     /// Flat `f32` coordinates `[x, y, x, y, ...]` (points, or boxes as corner pairs) scaled in place, each product
     /// computed in `f64`. Errors if the length is odd.
     pub fn scale_coords_in_place(&self, coords: &mut [f32]) -> Result<()> {
-        if coords.len() % 2 != 0 {
+        if !coords.len().is_multiple_of(2) {
             return Err(Error::arg(
                 "coords",
                 format!("odd length {} (expected x, y pairs)", coords.len()),
@@ -958,7 +981,12 @@ fn resize_u8_or_copy(
     to: (usize, usize),
 ) -> Result<Vec<u8>> {
     if from == to {
-        if src.len() != from.0 * from.1 * channels {
+        if Some(src.len())
+            != from
+                .0
+                .checked_mul(from.1)
+                .and_then(|n| n.checked_mul(channels))
+        {
             return Err(Error::arg(
                 "src",
                 format!(

@@ -65,6 +65,15 @@ impl Sam {
         Self::build(config, &w, device)
     }
 
+    /// Random weights (deterministic for `seed`) as an official-layout state dict, e.g. to write a test
+    /// checkpoint with [`crate::checkpoint::save_safetensors`]. Loading it gives the same model as [`Sam::random`].
+    pub fn random_state_dict(config: &SamConfig, seed: u64, device: &Device) -> Result<StateDict> {
+        config.validate()?;
+        let w = Weights::random(seed, device);
+        Self::build(config, &w, device)?;
+        Ok(w.generated())
+    }
+
     /// Load a `.pth` or `.safetensors` checkpoint (official or Hugging Face key layout).
     ///
     /// Without `config`, the architecture is inferred from the checkpoint (official presets are recognised).
@@ -97,7 +106,18 @@ impl Sam {
                 cfg.clone()
             }
             (Some(cfg), Err(_)) => cfg.clone(),
-            (None, Ok(found)) => found,
+            (None, Ok(found)) if found.variant().is_some() => found,
+            (None, Ok(found)) => {
+                return Err(Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "this checkpoint is not one of the official architectures (encoder dim {}, {} blocks); \
+                         some of its hyper-parameters (attention heads) cannot be read from the weights, so pass its \
+                         config (SamConfig JSON, `--config`)",
+                        found.encoder_embed_dim, found.encoder_nb_blocks
+                    ),
+                })
+            }
             (None, Err(e)) => return Err(e),
         };
         Self::from_state_dict(&config, &sd, device)

@@ -21,6 +21,8 @@ struct Inner<'a> {
     source: Source<'a>,
     device: Device,
     used: RefCell<BTreeSet<String>>,
+    /// Random tensors handed out so far (random mode), so they can be saved as a checkpoint.
+    generated: RefCell<Vec<(String, Tensor)>>,
 }
 
 /// A scoped view on a weight source (a checkpoint or a random generator), like a `VarBuilder` with strict checks.
@@ -50,6 +52,7 @@ impl<'a> Weights<'a> {
                 source,
                 device: device.clone(),
                 used: RefCell::new(BTreeSet::new()),
+                generated: RefCell::new(Vec::new()),
             }),
             prefix: String::new(),
         }
@@ -124,9 +127,16 @@ impl<'a> Weights<'a> {
             }
             Source::Random(rng) => {
                 let values = random_values(&key, shape, &mut rng.borrow_mut());
-                Ok(Tensor::from_vec(values, shape, &self.inner.device)?)
+                let t = Tensor::from_vec(values, shape, &self.inner.device)?;
+                self.inner.generated.borrow_mut().push((key, t.clone()));
+                Ok(t)
             }
         }
+    }
+
+    /// The random tensors generated so far (empty for a checkpoint source), in the official key layout.
+    pub fn generated(&self) -> StateDict {
+        StateDict::from_tensors("random weights", self.inner.generated.borrow().iter().cloned())
     }
 
     /// After building the model: fail if the checkpoint holds keys the model did not use.

@@ -612,6 +612,8 @@ fn infer_tiny_model_from_checkpoint() {
     // The HF copy infers the same architecture.
     let hf = load_checkpoint(&fixture("tiny_hf.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(infer_config(&hf).unwrap(), cfg);
+    let raw_hf = load_safetensors(&fixture("tiny_hf.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(infer_config(&raw_hf).unwrap(), cfg);
 }
 
 #[test]
@@ -661,5 +663,63 @@ fn real_checkpoint_from_env() {
     assert_eq!(convert_pth_to_safetensors(&path, &out).unwrap(), sd.len());
     eprintln!("converted in {:.2?}", start.elapsed());
     assert_same(&sd, &load_safetensors(&out, &Device::Cpu).unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Corrupted pickles (random byte flips and truncations of tensors.pth's data.pkl) must give errors, never panics.
+#[test]
+fn corrupted_pickles_never_panic() {
+    use std::io::{Read, Write};
+    let mut archive =
+        zip::ZipArchive::new(std::fs::File::open(fixture("tensors.pth")).unwrap()).unwrap();
+    let mut entries = Vec::new();
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).unwrap();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        entries.push((f.name().to_string(), data));
+    }
+    let pkl_index = entries
+        .iter()
+        .position(|(n, _)| n.ends_with("/data.pkl"))
+        .unwrap();
+    let dir = scratch("fuzz");
+    let path = dir.join("fuzz.pth");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut ok, mut failed) = (0, 0);
+    for round in 0..400 {
+        let mut files = entries.clone();
+        let pkl = &mut files[pkl_index].1;
+        if round % 10 == 9 {
+            let n = (next() as usize) % pkl.len();
+            pkl.truncate(n);
+        } else {
+            for _ in 0..1 + next() % 3 {
+                let i = (next() as usize) % pkl.len();
+                pkl[i] = next() as u8;
+            }
+        }
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, data) in &files {
+            w.start_file(name.as_str(), opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap();
+        match load_pth(&path, &Device::Cpu) {
+            Ok(_) => ok += 1,
+            Err(Error::Checkpoint { .. }) => failed += 1,
+            Err(other) => panic!("unexpected error kind: {other:?}"),
+        }
+    }
+    eprintln!("corrupted pickles: {ok} loaded, {failed} rejected");
+    assert!(failed > 100, "ok {ok}, failed {failed}");
     std::fs::remove_dir_all(dir).unwrap();
 }
