@@ -78,9 +78,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let default = PathBuf::from("assets/images/rocket.jpg");
             match image::open(&default) {
                 Ok(img) => img,
-                Err(_) => image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(1024, 683, |x, y| {
-                    image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
-                })),
+                Err(_) => {
+                    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(1024, 683, |x, y| {
+                        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+                    }))
+                }
             }
         }
     };
@@ -100,7 +102,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let encoder = if a.skip_encoder {
             None
         } else {
-            Some(time(a.encoder_runs, || Ok(predictor.set_dynamic_image(&photo)?))?)
+            Some(time(a.encoder_runs, || {
+                Ok(predictor.set_dynamic_image(&photo)?)
+            })?)
         };
         if a.skip_encoder {
             let (h, w) = (photo.height() as usize, photo.width() as usize);
@@ -115,7 +119,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         let (w, h) = (photo.width() as f64, photo.height() as f64);
         let prompt = PromptSet::point(w * 0.5, h * 0.5);
-        let predict = time(a.predict_runs, || Ok(predictor.predict(&prompt, true, false)?))?;
+        let predict = time(a.predict_runs, || {
+            Ok(predictor.predict(&prompt, true, false)?)
+        })?;
         let peak = peak_rss_mib();
         if a.json {
             let j = |s: &Stats| serde_json::json!({"median_ms": s.median, "min_ms": s.min, "max_ms": s.max});
@@ -129,8 +135,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 })
             );
         } else {
-            let f = |s: &Stats| format!("{:>9.1} ms (min {:.1}, max {:.1})", s.median, s.min, s.max);
-            println!("{name}: image {}×{}, {} threads", photo.width(), photo.height(), rayon_threads());
+            let f =
+                |s: &Stats| format!("{:>9.1} ms (min {:.1}, max {:.1})", s.median, s.min, s.max);
+            println!(
+                "{name}: image {}×{}, {} threads",
+                photo.width(),
+                photo.height(),
+                rayon_threads()
+            );
             println!("  load (safetensors) {}", f(&load));
             if let Some(e) = &encoder {
                 println!("  image encoder      {}", f(e));
@@ -146,7 +158,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn tempdir() -> Result<PathBuf> {

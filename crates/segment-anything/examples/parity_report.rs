@@ -34,10 +34,19 @@ fn report(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = SamConfig::from_json_file(f.path(&f.config))?;
     let start = Instant::now();
     let sam = Arc::new(Sam::load(f.path(&f.checkpoint), Some(&cfg), &Device::Cpu)?);
-    println!("## {} ({}), loaded in {:.2?}", cfg.name, dir.display(), start.elapsed());
+    println!(
+        "## {} ({}), loaded in {:.2?}",
+        cfg.name,
+        dir.display(),
+        start.elapsed()
+    );
     for img in &f.images {
         let file = img.file.as_ref().ok_or("fixture image without a file")?;
-        let path = if Path::new(file).is_absolute() { file.into() } else { repo_root().join(file) };
+        let path = if Path::new(file).is_absolute() {
+            file.into()
+        } else {
+            repo_root().join(file)
+        };
         let mut p = SamPredictor::new(sam.clone());
         let start = Instant::now();
         p.set_dynamic_image(&image::open(path)?)?;
@@ -92,7 +101,12 @@ fn report(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(n) = &case.masks_bits {
                 let count = binary.elem_count();
                 let reference = unpack_bits(get(&t, n), count);
-                let ours: Vec<bool> = binary.flatten_all()?.to_vec1::<u8>()?.iter().map(|v| *v == 1).collect();
+                let ours: Vec<bool> = binary
+                    .flatten_all()?
+                    .to_vec1::<u8>()?
+                    .iter()
+                    .map(|v| *v == 1)
+                    .collect();
                 let plane = binary.dims()[2] * binary.dims()[3];
                 let min_iou = ours
                     .chunks(plane)
@@ -100,7 +114,9 @@ fn report(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                     .map(|(a, b)| bool_iou(a, b))
                     .fold(1.0f64, f64::min);
                 let differing = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
-                line.push_str(&format!(", min mask IoU = {min_iou:.6} ({differing} of {count} pixels differ)"));
+                line.push_str(&format!(
+                    ", min mask IoU = {min_iou:.6} ({differing} of {count} pixels differ)"
+                ));
             }
             println!("{line}");
         }
