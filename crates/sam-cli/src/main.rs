@@ -262,7 +262,6 @@ fn segment(a: SegmentArgs, log: &Log) -> Result<()> {
 
     let sam = Arc::new(load_model(&a.model, log)?);
     let mut predictor = SamPredictor::new(sam.clone());
-    let t = std::time::Instant::now();
     match &a.embedding {
         Some(path) => {
             let emb = if path.extension().is_some_and(|e| e == "npy") {
@@ -301,13 +300,7 @@ fn segment(a: SegmentArgs, log: &Log) -> Result<()> {
                 .with_context(|| format!("{}", path.display()))?;
         }
         None => {
-            log.info(format!(
-                "encoding {} with {}...",
-                a.image.display(),
-                sam.config().name
-            ));
-            predictor.set_dynamic_image(&photo)?;
-            log.debug(format!("image encoder: {:.2?}", t.elapsed()));
+            encode_image(&mut predictor, &photo, &a.image, log)?;
         }
     }
     let t = std::time::Instant::now();
@@ -382,18 +375,43 @@ fn bounding_box(mask: &[bool], width: usize) -> Option<[usize; 4]> {
     b.map(|[x0, y0, x1, y1]| [x0, y0, x1 - x0 + 1, y1 - y0 + 1])
 }
 
+/// Run the image encoder with a spinner on stderr (unless `--quiet`).
+fn encode_image(
+    predictor: &mut SamPredictor,
+    photo: &image::DynamicImage,
+    path: &Path,
+    log: &Log,
+) -> Result<()> {
+    let t = std::time::Instant::now();
+    let name = predictor.model().config().name.clone();
+    let spinner = (!log.quiet).then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .expect("valid template"),
+        );
+        pb.set_message(format!("encoding {} with {name}", path.display()));
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    });
+    let result = predictor.set_dynamic_image(photo);
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    result?;
+    log.info(format!(
+        "encoded {} with {name} in {:.2?}",
+        path.display(),
+        t.elapsed()
+    ));
+    Ok(())
+}
+
 fn embed(a: EmbedArgs, log: &Log) -> Result<()> {
     let photo = open_image(&a.image)?;
     let sam = Arc::new(load_model(&a.model, log)?);
     let mut predictor = SamPredictor::new(sam.clone());
-    log.info(format!(
-        "encoding {} with {}...",
-        a.image.display(),
-        sam.config().name
-    ));
-    let t = std::time::Instant::now();
-    predictor.set_dynamic_image(&photo)?;
-    log.debug(format!("image encoder: {:.2?}", t.elapsed()));
+    encode_image(&mut predictor, &photo, &a.image, log)?;
     let emb = predictor.image_embedding()?;
     if a.output.extension().is_some_and(|e| e == "npy") {
         let dims = emb.embedding.dims()[1..].to_vec();

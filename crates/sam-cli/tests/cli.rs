@@ -311,3 +311,42 @@ fn models_lists_the_official_checkpoints() {
     }
     assert!(text.contains(&dir.path().display().to_string()));
 }
+
+/// `sam download` against a local server that answers 404: a one-line error naming the URL, an empty cache.
+#[test]
+fn download_reports_http_errors_and_leaves_the_cache_empty() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        if let Ok((mut s, _)) = listener.accept() {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let out = sam()
+        .env("SAM_CACHE_DIR", cache.path())
+        .env("SAM_WEIGHTS_BASE_URL", format!("http://{addr}/mirror/"))
+        .args(["download", "vit_b", "--quiet"])
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("404") && err.contains(&format!("http://{addr}/mirror/sam_vit_b_01ec64.pth")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.path()).unwrap().count(),
+        0,
+        "nothing lands in the cache"
+    );
+}
