@@ -136,7 +136,10 @@ impl<'a> Weights<'a> {
 
     /// The random tensors generated so far (empty for a checkpoint source), in the official key layout.
     pub fn generated(&self) -> StateDict {
-        StateDict::from_tensors("random weights", self.inner.generated.borrow().iter().cloned())
+        StateDict::from_tensors(
+            "random weights",
+            self.inner.generated.borrow().iter().cloned(),
+        )
     }
 
     /// After building the model: fail if the checkpoint holds keys the model did not use.
