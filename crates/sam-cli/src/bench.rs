@@ -62,6 +62,11 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<Stats> {
     Ok(stats(v))
 }
 
+/// Reset the peak-RSS counter (`VmHWM`) so the next reading covers only what follows (Linux; best effort).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if available.
 fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -95,8 +100,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let sd = Sam::random_state_dict(&cfg, 0, &device)?;
             checkpoint::save_safetensors(&sd, &path)?;
         }
+        reset_peak_rss();
         let load = time(a.load_runs, || Ok(Sam::load(&path, Some(&cfg), &device)?))?;
         let sam = Arc::new(Sam::load(&path, Some(&cfg), &device)?);
+        let peak_load = peak_rss_mib();
+        reset_peak_rss();
         std::fs::remove_file(&path).ok();
         let mut predictor = SamPredictor::new(sam.clone());
         let encoder = if a.skip_encoder {
@@ -131,7 +139,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "model": name, "threads": rayon_threads(),
                     "image": [photo.width(), photo.height()],
                     "load": j(&load), "encoder": encoder.as_ref().map(j), "predict": j(&predict),
-                    "peak_rss_mib": peak,
+                    "peak_rss_mib": peak, "peak_rss_load_mib": peak_load,
                 })
             );
         } else {
@@ -148,8 +156,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 println!("  image encoder      {}", f(e));
             }
             println!("  predict (1 point)  {}", f(&predict));
+            if let Some(p) = peak_load {
+                println!("  peak memory, load  {p:>9.0} MiB");
+            }
             if let Some(p) = peak {
-                println!("  peak memory        {p:>9.0} MiB (process, cumulative)");
+                println!("  peak memory, model loaded + encoder + predict {p:.0} MiB");
             }
         }
     }
