@@ -1,5 +1,6 @@
 //! `sam`: the Segment Anything command line, a thin layer over the `segment-anything` library.
 
+mod auto;
 mod bench;
 mod npy;
 mod overlay;
@@ -42,6 +43,8 @@ enum Command {
     },
     /// Time model load, the image encoder and predict with random weights (no download needed).
     Bench(bench::BenchArgs),
+    /// Segment everything: the automatic mask generator over a point grid (masks as PNGs + metadata.csv, or COCO RLE JSON).
+    Auto(auto::AutoArgs),
     /// Convert a PyTorch `.pth` checkpoint to `.safetensors`.
     Convert {
         /// Input `.pth` file.
@@ -138,6 +141,7 @@ fn main() {
         Command::Download { variant } => download_cmd(&variant, &log),
         Command::Convert { input, output } => convert(&input, &output, &log),
         Command::Bench(a) => bench::run(a),
+        Command::Auto(a) => auto::run(a, &log),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

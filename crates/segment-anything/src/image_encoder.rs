@@ -1,10 +1,14 @@
 //! The ViT image encoder (ViTDet-style): patch embedding, absolute position embedding, windowed and global
 //! attention blocks with decomposed relative positions, and the convolutional neck.
 
-use candle_core::{Device, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::SamConfig;
 use crate::error::{Error, Result};
+use crate::kernels::encoder::BlockWeights;
+use crate::kernels::F32Read;
 use crate::layers::{LayerNorm, Linear, MlpBlock, PatchConv};
 use crate::resize::interpolate_bilinear;
 use crate::weights::Weights;
@@ -65,6 +69,23 @@ pub fn get_rel_pos(q_size: usize, k_size: usize, rel_pos: &Tensor) -> Result<Ten
     Ok(rel_pos
         .index_select(&idx, 0)?
         .reshape((q_size, k_size, hd))?)
+}
+
+/// The relative position table for a grid of `size` tokens, (2·size − 1, head_dim), interpolated like
+/// [`get_rel_pos`] when `rel_pos` has another length: row `i − j + size − 1` holds the embedding of offset i − j.
+pub fn rel_pos_table(size: usize, rel_pos: &Tensor) -> Result<Vec<f32>> {
+    let max_rel_dist = 2 * size - 1;
+    let (len, hd) = rel_pos.dims2()?;
+    let table = if len != max_rel_dist {
+        let planes = rel_pos.t()?.contiguous()?.reshape((hd, 1, len))?;
+        resize_planes(&planes, 1, max_rel_dist)?
+            .reshape((hd, max_rel_dist))?
+            .t()?
+            .contiguous()?
+    } else {
+        rel_pos.clone()
+    };
+    crate::kernels::to_vec(&table)
 }
 
 /// Multi-head attention with decomposed relative position terms.
@@ -225,6 +246,8 @@ impl Block {
 /// The SAM image encoder. Input NCHW (B, in_channels, H, W), preprocessed; output (B, embed_dim, H/16, W/16).
 #[derive(Debug, Clone)]
 pub struct ImageEncoder {
+    /// The neck's 3×3 conv as a host matrix (9·out, out), rows ordered (ky, kx, in) (CPU models only).
+    neck_conv2_host: Option<Arc<Vec<f32>>>,
     patch_embed: PatchConv,
     pos_embed: Tensor,
     blocks: Vec<Block>,
@@ -309,13 +332,29 @@ impl ImageEncoder {
         let neck_w1 = w
             .get("neck.0.weight", &[out, dim, 1, 1])?
             .reshape((out, dim))?;
+        let neck_conv2 = w.get("neck.2.weight", &[out, out, 3, 3])?;
+        let neck_conv2_host = if w.device().is_cpu() {
+            let v = crate::kernels::to_vec(&neck_conv2)?;
+            let mut m = vec![0f32; 9 * out * out];
+            for o in 0..out {
+                for i in 0..out {
+                    for k in 0..9 {
+                        m[(k * out + i) * out + o] = v[(o * out + i) * 9 + k];
+                    }
+                }
+            }
+            Some(Arc::new(m))
+        } else {
+            None
+        };
         Ok(Self {
+            neck_conv2_host,
             patch_embed,
             pos_embed,
             blocks,
             neck_conv1: Linear::from_weights(neck_w1, None)?,
             neck_norm1: LayerNorm::load(&w.pp("neck.1"), out, NECK_NORM_EPS)?,
-            neck_conv2: w.get("neck.2.weight", &[out, out, 3, 3])?,
+            neck_conv2,
             neck_norm2: LayerNorm::load(&w.pp("neck.3"), out, NECK_NORM_EPS)?,
             patch_size: p,
             in_channels: in_ch,
@@ -331,6 +370,14 @@ impl ImageEncoder {
 
     /// Encode preprocessed images NCHW (B, in_channels, H, W) → embeddings (B, embed_dim, H/16, W/16).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.neck_conv2_host.is_some() && x.device().is_cpu() {
+            self.check_input(x)?;
+            return self.forward_host(x);
+        }
+        self.forward_generic(x)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
         let (_, c, h, w) = x.dims4()?;
         let p = self.patch_size;
         if c != self.in_channels {
@@ -356,6 +403,126 @@ impl ImageEncoder {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The CPU kernels (see [`crate::kernels::encoder`]).
+    fn forward_host(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, cin, h, w) = x.dims4()?;
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let n = gh * gw;
+        let c = self.pos_embed.dim(3)?;
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let xr = F32Read::new(&x)?;
+        let pos = resize_pos_embed(&self.pos_embed, gh, gw)?.contiguous()?;
+        let pos_r = F32Read::new(&pos)?;
+        let pe_w = F32Read::new(self.patch_embed.weight_t())?;
+        let pe_b = self.patch_embed.bias().map(F32Read::new).transpose()?;
+        // Weights of every block, borrowed for the whole call.
+        struct Guards<'a> {
+            qkv_w: F32Read<'a>,
+            qkv_b: Option<F32Read<'a>>,
+            proj_w: F32Read<'a>,
+            proj_b: F32Read<'a>,
+            mlp1_w: F32Read<'a>,
+            mlp1_b: F32Read<'a>,
+            mlp2_w: F32Read<'a>,
+            mlp2_b: F32Read<'a>,
+        }
+        fn bias(l: &Linear) -> Result<F32Read<'_>> {
+            F32Read::new(l.bias().ok_or_else(|| Error::arg("encoder", "missing bias"))?)
+        }
+        let guards = self
+            .blocks
+            .iter()
+            .map(|blk| {
+                Ok(Guards {
+                    qkv_w: F32Read::new(blk.attn.qkv.weight_t())?,
+                    qkv_b: blk.attn.qkv.bias().map(F32Read::new).transpose()?,
+                    proj_w: F32Read::new(blk.attn.proj.weight_t())?,
+                    proj_b: bias(&blk.attn.proj)?,
+                    mlp1_w: F32Read::new(blk.mlp.lin1().weight_t())?,
+                    mlp1_b: bias(blk.mlp.lin1())?,
+                    mlp2_w: F32Read::new(blk.mlp.lin2().weight_t())?,
+                    mlp2_b: bias(blk.mlp.lin2())?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norms: Vec<_> = self
+            .blocks
+            .iter()
+            .map(|blk| (blk.norm1.host(), blk.norm2.host()))
+            .collect();
+        let weights = self
+            .blocks
+            .iter()
+            .zip(&guards)
+            .zip(&norms)
+            .map(|((blk, g), (n1, n2))| {
+                let (sh, sw) = if blk.window_size > 0 {
+                    (blk.window_size, blk.window_size)
+                } else {
+                    (gh, gw)
+                };
+                Ok(BlockWeights {
+                    norm1: (&n1.w, &n1.b),
+                    norm2: (&n2.w, &n2.b),
+                    eps: n1.eps,
+                    qkv_w: g.qkv_w.as_slice(),
+                    qkv_b: g.qkv_b.as_ref().map(|b| b.as_slice()),
+                    proj_w: g.proj_w.as_slice(),
+                    proj_b: g.proj_b.as_slice(),
+                    mlp1_w: g.mlp1_w.as_slice(),
+                    mlp1_b: g.mlp1_b.as_slice(),
+                    mlp2_w: g.mlp2_w.as_slice(),
+                    mlp2_b: g.mlp2_b.as_slice(),
+                    rel_h: rel_pos_table(sh, &blk.attn.rel_pos_h)?,
+                    rel_w: rel_pos_table(sw, &blk.attn.rel_pos_w)?,
+                    heads: blk.attn.num_heads,
+                    window: blk.window_size,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let neck1 = F32Read::new(self.neck_conv1.weight_t())?;
+        let (nn1, nn2) = (self.neck_norm1.host(), self.neck_norm2.host());
+        let conv2 = self.neck_conv2_host.as_ref().expect("host neck weights");
+        let out_c = nn1.w.len();
+        let img_len = cin * h * w;
+        let mut out = Vec::with_capacity(b * out_c * n);
+        for bi in 0..b {
+            let img = &xr.as_slice()[bi * img_len..(bi + 1) * img_len];
+            let mut tokens = crate::kernels::encoder::patch_embed(
+                img,
+                (cin, h, w),
+                p,
+                pe_w.as_slice(),
+                pe_b.as_ref().map(|r| r.as_slice()),
+                pos_r.as_slice(),
+                c,
+            );
+            crate::kernels::encoder::run_blocks(&mut tokens, (gh, gw), c, &weights);
+            out.extend(crate::kernels::encoder::neck(
+                &tokens,
+                (gh, gw),
+                c,
+                neck1.as_slice(),
+                (&nn1.w, &nn1.b),
+                conv2,
+                (&nn2.w, &nn2.b),
+                nn1.eps,
+            ));
+        }
+        Ok(Tensor::from_vec(out, (b, out_c, gh, gw), x.device())?)
+    }
+
+    /// [`ImageEncoder::forward`] with plain candle operations on any device (the reference for the CPU kernels).
+    #[doc(hidden)]
+    pub fn forward_generic(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        let (_, _, h, w) = x.dims4()?;
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
         let mut x = self.patch_embed.forward_nchw(x)?; // (B, gh, gw, C)
         let pos = resize_pos_embed(&self.pos_embed, gh, gw)?;
         x = x.broadcast_add(&pos)?;

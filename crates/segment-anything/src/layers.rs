@@ -5,6 +5,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::kernels::decoder::HostNorm;
+use crate::kernels::HostLinear;
 use crate::weights::Weights;
 
 /// `y = x Wᵀ + b` over the last dimension; `x` (..., in) → (..., out).
@@ -38,6 +40,21 @@ impl Linear {
     /// Output features.
     pub fn out_dim(&self) -> usize {
         self.weight_t.dim(1).unwrap_or(0)
+    }
+
+    /// The transposed weight (in, out).
+    pub fn weight_t(&self) -> &Tensor {
+        &self.weight_t
+    }
+
+    /// The bias (out), if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// A copy on host memory (for the CPU kernels).
+    pub fn host(&self) -> Result<HostLinear> {
+        HostLinear::new(&self.weight_t.t()?, self.bias.as_ref())
     }
 
     /// Apply to `x` (..., in).
@@ -78,6 +95,15 @@ impl LayerNorm {
             bias,
             eps,
         })
+    }
+
+    /// A copy on host memory (for the CPU kernels).
+    pub fn host(&self) -> HostNorm {
+        HostNorm {
+            w: self.weight_cpu.clone(),
+            b: self.bias_cpu.clone(),
+            eps: self.eps as f32,
+        }
     }
 
     /// Normalise `x` (..., dim) over its last dimension.
@@ -168,6 +194,16 @@ impl MlpBlock {
         })
     }
 
+    /// First layer (dim → hidden).
+    pub fn lin1(&self) -> &Linear {
+        &self.lin1
+    }
+
+    /// Second layer (hidden → dim).
+    pub fn lin2(&self) -> &Linear {
+        &self.lin2
+    }
+
     /// Apply to `x` (..., dim).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.lin1.forward(x)?;
@@ -203,6 +239,11 @@ impl Mlp {
             )?);
         }
         Ok(Self { layers })
+    }
+
+    /// The linear layers.
+    pub fn layers(&self) -> &[Linear] {
+        &self.layers
     }
 
     /// Apply to `x` (..., input) → (..., output).
@@ -248,6 +289,16 @@ impl PatchConv {
             None
         };
         Self::from_weights(&weight, bias)
+    }
+
+    /// The weight as a matrix (C·k·k, out), rows ordered (channel, ky, kx).
+    pub fn weight_t(&self) -> &Tensor {
+        &self.weight_t
+    }
+
+    /// The bias (out), if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     /// Apply to NCHW `x` (H, W multiples of the kernel) → (B, H/k, W/k, out).
@@ -302,6 +353,30 @@ impl ConvTranspose2x2 {
             .reshape((cin, out * 4))?;
         let bias = w.get("bias", &[out])?;
         Ok(Self { weight, bias, out })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.out
+    }
+
+    /// The weight as a host matrix (in, 4·out) with columns ordered (a, b, out), and the bias repeated for
+    /// the four sub-pixels (4·out).
+    pub fn host_subpixel_major(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (cin, cols) = self.weight.dims2()?;
+        let out = self.out;
+        let w = crate::kernels::to_vec(&self.weight)?;
+        let mut r = vec![0f32; cin * cols];
+        for c in 0..cin {
+            for o in 0..out {
+                for s in 0..4 {
+                    r[c * cols + s * out + o] = w[c * cols + o * 4 + s];
+                }
+            }
+        }
+        let b = crate::kernels::to_vec(&self.bias)?;
+        let rep = (0..4).flat_map(|_| b.iter().copied()).collect();
+        Ok((r, rep))
     }
 
     /// Apply: `out[2i+a, 2j+b, o] = Σ_c x[i, j, c]·W[c, o, a, b] + bias[o]`.

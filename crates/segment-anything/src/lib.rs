@@ -1,5 +1,6 @@
 //! Meta's Segment Anything Model (SAM) in Rust, numerically faithful to the official PyTorch pipeline.
 
+pub mod amg;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "download")]
@@ -7,11 +8,14 @@ pub mod download;
 pub mod error;
 pub mod image_encoder;
 pub mod io;
+#[doc(hidden)]
+pub mod kernels;
 pub mod layers;
 pub mod mask_decoder;
 pub mod predictor;
 pub mod prompt_encoder;
 pub mod resize;
+pub mod rle;
 pub mod sam;
 pub mod state_dict;
 pub mod weights;

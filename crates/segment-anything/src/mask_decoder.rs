@@ -1,10 +1,15 @@
 //! The mask decoder: a two-way transformer between prompt tokens and image embeddings, output upscaling,
 //! hypernetwork MLPs and the IoU prediction head.
 
-use candle_core::Tensor;
+use std::sync::Arc;
+
+use candle_core::{DType, IndexOp, Tensor};
 
 use crate::config::SamConfig;
 use crate::error::{Error, Result};
+use crate::kernels::decoder::{DecoderInputs, Dense, HostAttention, HostDecoder, HostTwoWayBlock};
+use crate::kernels::direct::PackedB;
+use crate::kernels::F32Read;
 use crate::layers::{ConvTranspose2x2, LayerNorm, Linear, Mlp, MlpBlock};
 use crate::weights::Weights;
 
@@ -32,6 +37,16 @@ impl Attention {
             v_proj: Linear::load(&w.pp("v_proj"), dim, internal, true)?,
             out_proj: Linear::load(&w.pp("out_proj"), internal, dim, true)?,
             num_heads,
+        })
+    }
+
+    fn host(&self) -> Result<HostAttention> {
+        Ok(HostAttention {
+            q: self.q_proj.host()?,
+            k: self.k_proj.host()?,
+            v: self.v_proj.host()?,
+            o: self.out_proj.host()?,
+            heads: self.num_heads,
         })
     }
 
@@ -100,6 +115,21 @@ impl TwoWayAttentionBlock {
                 2,
             )?,
             skip_first_layer_pe,
+        })
+    }
+
+    fn host(&self) -> Result<HostTwoWayBlock> {
+        Ok(HostTwoWayBlock {
+            self_attn: self.self_attn.host()?,
+            norm1: self.norm1.host(),
+            t2i: self.cross_attn_token_to_image.host()?,
+            norm2: self.norm2.host(),
+            mlp1: self.mlp.lin1().host()?,
+            mlp2: self.mlp.lin2().host()?,
+            norm3: self.norm3.host(),
+            norm4: self.norm4.host(),
+            i2t: self.cross_attn_image_to_token.host()?,
+            skip_first_layer_pe: self.skip_first_layer_pe,
         })
     }
 
@@ -199,6 +229,8 @@ pub struct MaskDecoder {
     iou_head: Mlp,
     num_mask_tokens: usize,
     embed_dim: usize,
+    /// Host copy of the weights for the CPU kernels (CPU models only).
+    host: Option<Arc<HostDecoder>>,
 }
 
 impl MaskDecoder {
@@ -219,7 +251,7 @@ impl MaskDecoder {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
+        let mut dec = Self {
             transformer: TwoWayTransformer::load(&w.pp("transformer"), cfg)?,
             output_tokens: Tensor::cat(&[&iou_token, &mask_tokens], 0)?,
             upscale1: ConvTranspose2x2::load(&w.pp("output_upscaling.0"), d, d / 4)?,
@@ -235,6 +267,49 @@ impl MaskDecoder {
             )?,
             num_mask_tokens: n,
             embed_dim: d,
+            host: None,
+        };
+        if w.device().is_cpu() {
+            dec.host = Some(Arc::new(dec.build_host()?));
+        }
+        Ok(dec)
+    }
+
+    fn build_host(&self) -> Result<HostDecoder> {
+        let t = &self.transformer;
+        let (up1_w, up1_b) = self.upscale1.host_subpixel_major()?;
+        let (up2_w, up2_b) = self.upscale2.host_subpixel_major()?;
+        let (c1, c2) = (self.upscale1.out_channels(), self.upscale2.out_channels());
+        let d = self.embed_dim;
+        let up1_w = PackedB::new(&up1_w, d, 4 * c1, 4 * c1, 1);
+        let up2_w = PackedB::new(&up2_w, c1, 4 * c2, 4 * c2, 1);
+        let host_mlp =
+            |m: &Mlp| -> Result<Vec<_>> { m.layers().iter().map(|l| l.host()).collect() };
+        Ok(HostDecoder {
+            dim: self.embed_dim,
+            output_tokens: crate::kernels::to_vec(&self.output_tokens)?,
+            n_masks: self.num_mask_tokens,
+            layers: t
+                .layers
+                .iter()
+                .map(|l| l.host())
+                .collect::<Result<Vec<_>>>()?,
+            final_attn: t.final_attn_token_to_image.host()?,
+            norm_final: t.norm_final_attn.host(),
+            up1_w,
+            up1_b,
+            up_norm: self.upscale_norm.host(),
+            up2_w,
+            up2_b,
+            c1,
+            c2,
+            hyper: self
+                .hypernetworks
+                .iter()
+                .map(host_mlp)
+                .collect::<Result<Vec<_>>>()?,
+            iou_head: host_mlp(&self.iou_head)?,
+            pool: Default::default(),
         })
     }
 
@@ -254,7 +329,28 @@ impl MaskDecoder {
         dense: &Tensor,
         multimask_output: bool,
     ) -> Result<(Tensor, Tensor)> {
-        let (masks, iou) = self.predict_masks(image_embeddings, image_pe, sparse, dense)?;
+        if self.host.is_some() && image_embeddings.device().is_cpu() {
+            let tokens: Vec<usize> = if multimask_output {
+                (1..self.num_mask_tokens).collect()
+            } else {
+                vec![0]
+            };
+            return self.forward_host(image_embeddings, image_pe, sparse, dense, &tokens);
+        }
+        self.forward_generic(image_embeddings, image_pe, sparse, dense, multimask_output)
+    }
+
+    /// [`MaskDecoder::forward`] with plain candle operations on any device (the reference for the CPU kernels).
+    #[doc(hidden)]
+    pub fn forward_generic(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+        multimask_output: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (masks, iou) = self.predict_masks_generic(image_embeddings, image_pe, sparse, dense)?;
         let (start, len) = if multimask_output {
             (1, self.num_mask_tokens - 1)
         } else {
@@ -274,8 +370,23 @@ impl MaskDecoder {
         sparse: &Tensor,
         dense: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        if self.host.is_some() && image_embeddings.device().is_cpu() {
+            let tokens: Vec<usize> = (0..self.num_mask_tokens).collect();
+            return self.forward_host(image_embeddings, image_pe, sparse, dense, &tokens);
+        }
+        self.predict_masks_generic(image_embeddings, image_pe, sparse, dense)
+    }
+
+    /// Check the input shapes; returns (B, E, gh, gw).
+    fn check_inputs(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+    ) -> Result<(usize, usize, usize, usize)> {
         let d = self.embed_dim;
-        let (b, _, _) = sparse.dims3()?;
+        let (b, _, sd) = sparse.dims3()?;
         let (eb, ed, gh, gw) = image_embeddings.dims4()?;
         if ed != d || (eb != 1 && eb != b) {
             return Err(Error::arg(
@@ -286,12 +397,98 @@ impl MaskDecoder {
                 ),
             ));
         }
+        if sd != d {
+            return Err(Error::arg(
+                "sparse",
+                format!("expected ({b}, T, {d}), got {:?}", sparse.dims()),
+            ));
+        }
         if dense.dims() != [b, gh, gw, d] {
             return Err(Error::arg(
                 "dense",
                 format!("expected ({b}, {gh}, {gw}, {d}), got {:?}", dense.dims()),
             ));
         }
+        if image_pe.dims() != [gh, gw, d] && image_pe.dims() != [1, gh, gw, d] {
+            return Err(Error::arg(
+                "image_pe",
+                format!("expected ({gh}, {gw}, {d}), got {:?}", image_pe.dims()),
+            ));
+        }
+        Ok((b, eb, gh, gw))
+    }
+
+    /// The CPU kernels: logits (B, K, 4gh, 4gw) and IoU predictions (B, K) for the mask tokens `tokens`.
+    fn forward_host(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+        tokens: &[usize],
+    ) -> Result<(Tensor, Tensor)> {
+        let host = self.host.as_ref().expect("host weights");
+        let d = self.embed_dim;
+        let (b, eb, gh, gw) = self.check_inputs(image_embeddings, image_pe, sparse, dense)?;
+        let emb = image_embeddings.to_dtype(DType::F32)?.contiguous()?;
+        let pe = image_pe.to_dtype(DType::F32)?.contiguous()?;
+        let sparse = sparse.to_dtype(DType::F32)?.contiguous()?;
+        let dense = dense.to_dtype(DType::F32)?;
+        let st = dense.stride().to_vec();
+        let uniform = st[1] == 0 && st[2] == 0;
+        let dense_vec = if uniform {
+            if st[0] == 0 || b == 1 {
+                crate::kernels::to_vec(&dense.i((0, 0, 0))?)?
+            } else {
+                crate::kernels::to_vec(&dense.i((.., 0, 0))?)?
+            }
+        } else {
+            Vec::new()
+        };
+        let dense_full = if uniform {
+            None
+        } else {
+            Some(dense.contiguous()?)
+        };
+        let dense_read = dense_full.as_ref().map(F32Read::new).transpose()?;
+        let dense_kind = match &dense_read {
+            Some(r) => Dense::Full(r.as_slice()),
+            None if dense_vec.len() == d => Dense::Shared(&dense_vec),
+            None => Dense::PerSet(&dense_vec),
+        };
+        let emb_r = F32Read::new(&emb)?;
+        let pe_r = F32Read::new(&pe)?;
+        let sparse_r = F32Read::new(&sparse)?;
+        let inputs = DecoderInputs {
+            embeddings: emb_r.as_slice(),
+            n_embeddings: eb,
+            grid: (gh, gw),
+            pe: pe_r.as_slice(),
+            sparse: sparse_r.as_slice(),
+            batch: b,
+            n_sparse: sparse.dim(1)?,
+            dense: dense_kind,
+        };
+        let out = host.forward(&inputs, tokens);
+        let k = tokens.len();
+        let device = image_embeddings.device();
+        Ok((
+            Tensor::from_vec(out.masks, (b, k, 4 * gh, 4 * gw), device)?,
+            Tensor::from_vec(out.iou, (b, k), device)?,
+        ))
+    }
+
+    /// [`MaskDecoder::predict_masks`] with plain candle operations.
+    #[doc(hidden)]
+    pub fn predict_masks_generic(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let d = self.embed_dim;
+        let (b, _, gh, gw) = self.check_inputs(image_embeddings, image_pe, sparse, dense)?;
         let n_out = 1 + self.num_mask_tokens;
         let out_tokens = self
             .output_tokens

@@ -1,6 +1,8 @@
 //! The prompt encoder: random Fourier position encoding of points and box corners, learned point-type
 //! embeddings, and the mask-prompt downscaling network.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{Device, Tensor};
 
 use crate::config::SamConfig;
@@ -118,6 +120,10 @@ impl PositionEmbeddingRandom {
     }
 }
 
+/// Dense positional encodings computed so far, by grid size (they depend only on the weights).
+#[derive(Debug, Clone, Default)]
+struct DensePeCache(Arc<Mutex<Vec<((usize, usize), Tensor)>>>);
+
 /// The SAM prompt encoder.
 #[derive(Debug, Clone)]
 pub struct PromptEncoder {
@@ -132,6 +138,7 @@ pub struct PromptEncoder {
     mask_norm2: LayerNorm,
     mask_conv3: Linear,
     embed_dim: usize,
+    dense_pe_cache: DensePeCache,
 }
 
 impl PromptEncoder {
@@ -160,18 +167,35 @@ impl PromptEncoder {
             mask_conv3: Linear::from_weights(conv3_w, Some(m.get("6.bias", &[d])?))?,
             no_mask: vec1("no_mask_embed.weight".into())?,
             embed_dim: d,
+            dense_pe_cache: DensePeCache::default(),
         })
     }
 
     /// Dense positional encoding of the embedding grid, channels last: (gh, gw, embed_dim).
+    ///
+    /// Computed once per grid size and device, then shared.
     pub fn dense_pe(&self, gh: usize, gw: usize, device: &Device) -> Result<Tensor> {
-        self.pe.dense(gh, gw, device)
+        let mut cache = self
+            .dense_pe_cache
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, t)) = cache
+            .iter()
+            .find(|(hw, t)| *hw == (gh, gw) && t.device().same_device(device))
+        {
+            return Ok(t.clone());
+        }
+        let t = self.pe.dense(gh, gw, device)?;
+        cache.push(((gh, gw), t.clone()));
+        Ok(t)
     }
 
     /// Encode prompts for an input of size `input_hw` (padded model input) and an embedding grid `grid`.
     ///
     /// Returns sparse tokens (B, T, embed_dim) in the order [points…, (padding point), box corners…] and dense
-    /// embeddings channels-last (B, gh, gw, embed_dim).
+    /// embeddings channels-last (B, gh, gw, embed_dim); without mask prompts the dense embeddings are a
+    /// broadcast view of `no_mask_embed` (call `contiguous()` for a dense copy).
     pub fn forward(
         &self,
         prompts: &Prompts,
@@ -338,10 +362,10 @@ impl PromptEncoder {
                 let emb = self.embed_masks(&x)?; // (b*m3, gh, gw, d)
                 emb.reshape((b, m3, gh, gw, d))?.sum(1)?
             }
+            // A broadcast view (no copy): the decoder reads it as one vector.
             None => Tensor::from_slice(&self.no_mask, d, device)?
                 .reshape((1, 1, 1, d))?
-                .broadcast_as((b, gh, gw, d))?
-                .contiguous()?,
+                .broadcast_as((b, gh, gw, d))?,
         };
         Ok((sparse, dense))
     }

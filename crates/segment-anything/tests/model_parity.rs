@@ -140,8 +140,5 @@ fn end_to_end_call_matches_official() {
         .iter()
         .zip(&bits)
         .all(|(l, b)| (*l > 0.0) == (*b == 1)));
-    assert!(
-        bits.contains(&1) && bits.contains(&0),
-        "degenerate masks"
-    );
+    assert!(bits.contains(&1) && bits.contains(&0), "degenerate masks");
 }

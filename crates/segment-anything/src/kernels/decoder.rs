@@ -1,0 +1,944 @@
+//! The mask decoder on host memory (CPU fast path).
+//!
+//! The image side of the two-way transformer (4096 image tokens × 256 channels for the official models) is
+//! where the time goes; it is computed in row-parallel passes over the image tokens, with the attention
+//! algebra rearranged so that nothing of size (image tokens × internal dim) is ever projected:
+//!
+//! * token → image attention: the scores `q_h · (W_k,h (x + pe) + b_k,h)` are `(x + pe) · (W_k,hᵀ q_h) +
+//!   q_h · b_k,h`, one product of the image tokens with a (heads·T × D) matrix; the values `Σ_i p_i (W_v x_i +
+//!   b_v)` are `W_v (Σ_i p_i x_i) + b_v`, so only the probability-weighted sums of the keys are needed. The
+//!   softmax over the image tokens runs online over row chunks (flash-attention style);
+//! * image → token attention: the scores are `(x + pe) · (W_q,hᵀ k_h)` as above, and the output projection is
+//!   folded into the (heads·T × D) matrix `U_(h,t) = W_o,h v_h[t]`, so the output is one product with the
+//!   probabilities;
+//! * the image-to-token attention of one layer, the residual and LayerNorm, and the token-to-image scores of
+//!   the next layer run in one pass per row chunk, while the rows are in cache;
+//! * the output upscaling (two 2×2 transposed convolutions with LayerNorm and GELU) and the hypernetwork
+//!   products run fused per chunk of rows.
+//!
+//! Image-side work is shared by all prompt sets where the keys are shared (first layer, one image embedding,
+//! no mask prompt): the products for all sets are then single matrix products.
+
+use rayon::prelude::*;
+
+use super::direct::{gemm_direct, gemm_packed, gemm_packed_bias, PackedB};
+use super::math::{
+    exp_inplace, gelu_inplace, layer_norm_row, row_dots, softmax_interleaved,
+    softmax_row, transpose_add,
+};
+use super::{gemm, with_scratch, HostLinear, Mat, MatMut, Par};
+
+/// Image-token rows per chunk of a pass.
+const CHUNK_ROWS: usize = 256;
+
+/// LayerNorm parameters on host memory.
+#[derive(Debug, Clone)]
+pub struct HostNorm {
+    /// Scale.
+    pub w: Vec<f32>,
+    /// Shift.
+    pub b: Vec<f32>,
+    /// Epsilon.
+    pub eps: f32,
+}
+
+impl HostNorm {
+    fn rows_inplace(&self, x: &mut [f32]) {
+        super::math::layer_norm_rows_inplace(x, &self.w, &self.b, self.eps)
+    }
+}
+
+/// One attention layer (q/k/v/out projections).
+#[derive(Debug, Clone)]
+pub struct HostAttention {
+    /// Query projection (internal, D).
+    pub q: HostLinear,
+    /// Key projection.
+    pub k: HostLinear,
+    /// Value projection.
+    pub v: HostLinear,
+    /// Output projection (D, internal).
+    pub o: HostLinear,
+    /// Number of heads.
+    pub heads: usize,
+}
+
+impl HostAttention {
+    fn internal(&self) -> usize {
+        self.q.n_out
+    }
+
+    fn head_dim(&self) -> usize {
+        self.internal() / self.heads
+    }
+
+    /// Plain attention among a few tokens: q_in (nq × D), k_in, v_in (nk × D) → (nq × D).
+    fn forward_tokens(
+        &self,
+        q_in: &[f32],
+        k_in: &[f32],
+        v_in: &[f32],
+        nq: usize,
+        nk: usize,
+    ) -> Vec<f32> {
+        let di = self.internal();
+        let dh = self.head_dim();
+        let q = self.q.forward(q_in, nq, Par::Auto);
+        let k = self.k.forward(k_in, nk, Par::Auto);
+        let v = self.v.forward(v_in, nk, Par::Auto);
+        let scale = (dh as f32).sqrt();
+        let mut o = vec![0f32; nq * di];
+        let mut s = vec![0f32; nk];
+        for h in 0..self.heads {
+            for i in 0..nq {
+                let qi = &q[i * di + h * dh..i * di + (h + 1) * dh];
+                for (j, sj) in s.iter_mut().enumerate() {
+                    let kj = &k[j * di + h * dh..j * di + (h + 1) * dh];
+                    *sj = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() / scale;
+                }
+                softmax_row(&mut s);
+                let oi = &mut o[i * di + h * dh..i * di + (h + 1) * dh];
+                for (j, &p) in s.iter().enumerate() {
+                    let vj = &v[j * di + h * dh..j * di + (h + 1) * dh];
+                    for (a, b) in oi.iter_mut().zip(vj) {
+                        *a += p * b;
+                    }
+                }
+            }
+        }
+        self.o.forward(&o, nq, Par::Auto)
+    }
+}
+
+/// One two-way attention block.
+#[derive(Debug, Clone)]
+pub struct HostTwoWayBlock {
+    /// Self-attention of the tokens.
+    pub self_attn: HostAttention,
+    /// After self-attention.
+    pub norm1: HostNorm,
+    /// Tokens attending to the image.
+    pub t2i: HostAttention,
+    /// After token-to-image attention.
+    pub norm2: HostNorm,
+    /// MLP (ReLU) first layer.
+    pub mlp1: HostLinear,
+    /// MLP second layer.
+    pub mlp2: HostLinear,
+    /// After the MLP.
+    pub norm3: HostNorm,
+    /// After image-to-token attention (on the image tokens).
+    pub norm4: HostNorm,
+    /// Image tokens attending to the prompt tokens.
+    pub i2t: HostAttention,
+    /// Layer 0: no positional encoding and no residual in the self-attention.
+    pub skip_first_layer_pe: bool,
+}
+
+/// The mask decoder's weights on host memory.
+#[derive(Debug, Clone)]
+pub struct HostDecoder {
+    /// Embedding dim D.
+    pub dim: usize,
+    /// IoU token and mask tokens (1 + n_masks, D).
+    pub output_tokens: Vec<f32>,
+    /// Number of mask tokens.
+    pub n_masks: usize,
+    /// Two-way blocks.
+    pub layers: Vec<HostTwoWayBlock>,
+    /// Final token-to-image attention.
+    pub final_attn: HostAttention,
+    /// Final norm of the tokens.
+    pub norm_final: HostNorm,
+    /// First transposed conv as a matrix (D, 4·C1), columns ordered (a, b, out).
+    pub up1_w: PackedB,
+    /// Its bias repeated for the 4 sub-pixels (4·C1).
+    pub up1_b: Vec<f32>,
+    /// LayerNorm2d over C1.
+    pub up_norm: HostNorm,
+    /// Second transposed conv (C1, 4·C2), columns ordered (a, b, out).
+    pub up2_w: PackedB,
+    /// Its bias repeated (4·C2).
+    pub up2_b: Vec<f32>,
+    /// Channels after the first upscaling.
+    pub c1: usize,
+    /// Channels after the second upscaling.
+    pub c2: usize,
+    /// Hypernetwork MLPs, one per mask token.
+    pub hyper: Vec<Vec<HostLinear>>,
+    /// IoU prediction head.
+    pub iou_head: Vec<HostLinear>,
+    /// Reused key buffers.
+    pub pool: BufferPool,
+}
+
+/// Inputs of [`HostDecoder::forward`].
+pub struct DecoderInputs<'a> {
+    /// Image embeddings (E, D, gh, gw) with E = 1 (shared) or B, NCHW.
+    pub embeddings: &'a [f32],
+    /// E.
+    pub n_embeddings: usize,
+    /// Grid (gh, gw).
+    pub grid: (usize, usize),
+    /// Dense positional encoding (gh·gw, D).
+    pub pe: &'a [f32],
+    /// Sparse prompt tokens (B, S, D).
+    pub sparse: &'a [f32],
+    /// B.
+    pub batch: usize,
+    /// S.
+    pub n_sparse: usize,
+    /// Dense prompt embeddings.
+    pub dense: Dense<'a>,
+}
+
+/// Dense prompt embeddings.
+pub enum Dense<'a> {
+    /// One vector (D) for every pixel of every prompt set.
+    Shared(&'a [f32]),
+    /// One vector (D) per prompt set (B, D).
+    PerSet(&'a [f32]),
+    /// Full (B, gh·gw, D).
+    Full(&'a [f32]),
+}
+
+/// Outputs of [`HostDecoder::forward`]: mask logits (B, K, 4gh, 4gw) and IoU predictions (B, K).
+pub struct DecoderOutputs {
+    /// Mask logits.
+    pub masks: Vec<f32>,
+    /// IoU predictions.
+    pub iou: Vec<f32>,
+}
+
+/// Token-to-image attention, prepared from the tokens: scores = (x + pe)·gᵀ + c.
+struct T2i {
+    /// (heads·T × D)
+    g: Vec<f32>,
+    /// gᵀ packed.
+    gt: PackedB,
+    c: Vec<f32>,
+}
+
+/// Image-to-token attention, prepared from the tokens: scores = (x + pe)·gᵀ + c, output = softmax · u.
+struct I2t {
+    g: Vec<f32>,
+    gt: PackedB,
+    c: Vec<f32>,
+    /// (heads·T × D) packed.
+    u: PackedB,
+}
+
+/// Online-softmax partial sums of one chunk (columns = heads·tokens).
+struct Partial {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    z: Vec<f32>,
+}
+
+/// Reusable large buffers (image-token keys), so that repeated decodes do not page-fault fresh memory.
+#[derive(Default)]
+pub struct BufferPool(std::sync::Mutex<Vec<Vec<f32>>>);
+
+impl BufferPool {
+    /// A buffer of `len` values with unspecified contents.
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let pick = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        let mut v = match pick {
+            Some(i) => pool.swap_remove(i),
+            None => Vec::new(),
+        };
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// Give buffers back (at most a few are kept).
+    fn give(&self, bufs: impl IntoIterator<Item = Vec<f32>>) {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for b in bufs {
+            if pool.len() < 8 {
+                pool.push(b);
+            }
+        }
+    }
+}
+
+impl Clone for BufferPool {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BufferPool")
+    }
+}
+
+fn add_into(dst: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((d, x), y) in dst.iter_mut().zip(a).zip(b) {
+        *d = x + y;
+    }
+}
+
+fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+/// Scores s (r × cols) → column-wise online-softmax partial with values x (r × d).
+fn column_partial(s: &mut [f32], r: usize, cols: usize, x: &[f32], d: usize) -> Partial {
+    let mut m = vec![f32::NEG_INFINITY; cols];
+    for row in s.chunks_exact(cols) {
+        for (mj, &v) in m.iter_mut().zip(row) {
+            *mj = if v > *mj { v } else { *mj };
+        }
+    }
+    let mut l = vec![0f32; cols];
+    for row in s.chunks_exact_mut(cols) {
+        for (v, mj) in row.iter_mut().zip(&m) {
+            *v -= mj;
+        }
+        exp_inplace(row);
+        for (lj, &v) in l.iter_mut().zip(row.iter()) {
+            *lj += v;
+        }
+    }
+    let mut z = vec![0f32; cols * d];
+    gemm(
+        cols,
+        d,
+        r,
+        MatMut::rows(&mut z, d),
+        Mat::rows(s, cols).t(),
+        Mat::rows(x, d),
+        false,
+        Par::Seq,
+    );
+    Partial { m, l, z }
+}
+
+/// `s (r × cols) = xpe (r × d) · gᵀ + c` with `gᵀ` packed (d × cols).
+fn scores(s: &mut [f32], xpe: &[f32], gt: &PackedB, c: &[f32], r: usize) {
+    gemm_packed_bias(r, xpe, gt.k(), 1, gt, Some(c), s, gt.n(), false);
+}
+
+/// The image-to-token attention of a pass: per-set preparations, the attention (for its output bias), the
+/// norm after the residual, and the number of tokens per set.
+type I2tArgs<'a> = (&'a [I2t], &'a HostAttention, &'a HostNorm, usize);
+
+/// Per-pass constants of the chunk computations.
+struct PassCtx<'a> {
+    d: usize,
+    i2t: Option<I2tArgs<'a>>,
+}
+
+impl PassCtx<'_> {
+    /// Token-to-image scores of keys `x` (r × d, with `pe_c` their positional encodings) → online-softmax partial.
+    fn t2i_partial(&self, x: &[f32], pe_c: &[f32], r: usize, p: &T2i) -> Partial {
+        let d = self.d;
+        let cols = p.gt.n();
+        with_scratch([r * d, r * cols], |[xpe, s]| {
+            add_into(xpe, x, pe_c);
+            scores(s, xpe, &p.gt, &p.c, r);
+            column_partial(s, r, cols, x, d)
+        })
+    }
+
+    /// Image-to-token attention of one set on keys `x` (r × d): scores are columns `col0..col0 + ht` of `s`
+    /// (r × `stride`, bias included); the new keys `LN(x + attn)` go to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn i2t_apply(
+        &self,
+        x: &[f32],
+        s: &[f32],
+        stride: usize,
+        col0: usize,
+        r: usize,
+        p: &I2t,
+        out: &mut [f32],
+    ) {
+        let d = self.d;
+        let (_, attn, norm, t) = self.i2t.unwrap();
+        let ht = p.gt.n();
+        with_scratch([r * ht, r * d], |[pr, o]| {
+            for (dst, src) in pr.chunks_exact_mut(ht).zip(s.chunks_exact(stride)) {
+                dst.copy_from_slice(&src[col0..col0 + ht]);
+                softmax_interleaved(dst, t, ht / t);
+            }
+            gemm_packed(r, pr, ht, 1, &p.u, o, d, false);
+            for ((orow, xrow), dst) in o
+                .chunks_exact_mut(d)
+                .zip(x.chunks_exact(d))
+                .zip(out.chunks_exact_mut(d))
+            {
+                for ((ov, xv), bv) in orow.iter_mut().zip(xrow).zip(&attn.o.b) {
+                    *ov = xv + (*ov + bv);
+                }
+                layer_norm_row(orow, dst, &norm.w, &norm.b, norm.eps);
+            }
+        })
+    }
+}
+
+/// Merge chunk partials (in order) into normalised weighted sums (cols × d).
+fn merge_partials(parts: &[&Partial], cols: usize, d: usize) -> Vec<f32> {
+    let mut mx = vec![f32::NEG_INFINITY; cols];
+    for p in parts {
+        for (a, &b) in mx.iter_mut().zip(&p.m) {
+            *a = a.max(b);
+        }
+    }
+    let mut l = vec![0f32; cols];
+    let mut z = vec![0f32; cols * d];
+    for p in parts {
+        for j in 0..cols {
+            let f = super::math::exp_scalar(p.m[j] - mx[j]);
+            l[j] += p.l[j] * f;
+            let zr = &mut z[j * d..(j + 1) * d];
+            for (a, &b) in zr.iter_mut().zip(&p.z[j * d..(j + 1) * d]) {
+                *a += b * f;
+            }
+        }
+    }
+    for j in 0..cols {
+        let inv = 1.0 / l[j];
+        z[j * d..(j + 1) * d].iter_mut().for_each(|v| *v *= inv);
+    }
+    z
+}
+
+/// Keys (n × d, channels last) into `x` from an NCHW embedding (d × n) plus the dense embeddings: one vector
+/// (d) for every pixel (`dense_ld = 0`) or a full (n × d) matrix (`dense_ld = d`).
+fn keys_from_nchw(x: &mut [f32], e: &[f32], n: usize, d: usize, dense: &[f32], dense_ld: usize) {
+    x.par_chunks_mut(CHUNK_ROWS * d)
+        .enumerate()
+        .for_each(|(ci, xc)| {
+            let r0 = ci * CHUNK_ROWS;
+            let r = xc.len() / d;
+            transpose_add(
+                &e[r0..],
+                n,
+                xc,
+                d,
+                d,
+                r,
+                Some((&dense[r0 * dense_ld..], dense_ld)),
+            );
+        });
+}
+
+impl HostDecoder {
+    fn t2i_prep(&self, attn: &HostAttention, q_in: &[f32], t: usize) -> T2i {
+        let d = self.dim;
+        let di = attn.internal();
+        let dh = attn.head_dim();
+        let scale = (dh as f32).sqrt();
+        let q = attn.q.forward(q_in, t, Par::Auto);
+        let mut g = vec![0f32; attn.heads * t * d];
+        let mut c = vec![0f32; attn.heads * t];
+        for h in 0..attn.heads {
+            gemm_direct(
+                t,
+                d,
+                dh,
+                &q[h * dh..],
+                di,
+                1,
+                &attn.k.w[h * dh * d..],
+                d,
+                &mut g[h * t * d..(h + 1) * t * d],
+                d,
+                false,
+            );
+            for ti in 0..t {
+                let qh = &q[ti * di + h * dh..ti * di + (h + 1) * dh];
+                let bk = &attn.k.b[h * dh..(h + 1) * dh];
+                c[h * t + ti] = qh.iter().zip(bk).map(|(a, b)| a * b).sum::<f32>() / scale;
+            }
+        }
+        g.iter_mut().for_each(|v| *v /= scale);
+        let gt = PackedB::new(&g, d, attn.heads * t, 1, d);
+        T2i { g, gt, c }
+    }
+
+    /// Weighted key sums z (heads·T × D) → attention output (T × D) of the token-to-image attention.
+    fn t2i_finish(&self, attn: &HostAttention, z: &[f32], t: usize) -> Vec<f32> {
+        let d = self.dim;
+        let di = attn.internal();
+        let dh = attn.head_dim();
+        let mut o = vec![0f32; t * di];
+        for h in 0..attn.heads {
+            gemm_direct(
+                t,
+                dh,
+                d,
+                &z[h * t * d..],
+                d,
+                1,
+                &attn.v.w_t[h * dh..],
+                di,
+                &mut o[h * dh..],
+                di,
+                false,
+            );
+        }
+        for row in o.chunks_exact_mut(di) {
+            for (v, b) in row.iter_mut().zip(&attn.v.b) {
+                *v += b;
+            }
+        }
+        attn.o.forward(&o, t, Par::Auto)
+    }
+
+    /// Image-to-token attention prepared from the tokens; columns ordered (token, head), heads innermost.
+    fn i2t_prep(&self, attn: &HostAttention, queries: &[f32], tokens: &[f32], t: usize) -> I2t {
+        let d = self.dim;
+        let di = attn.internal();
+        let dh = attn.head_dim();
+        let nh = attn.heads;
+        let scale = (dh as f32).sqrt();
+        let k = attn.k.forward(&add(queries, tokens), t, Par::Auto);
+        let v = attn.v.forward(queries, t, Par::Auto);
+        let mut g = vec![0f32; nh * t * d];
+        let mut c = vec![0f32; nh * t];
+        let mut u = vec![0f32; nh * t * d];
+        for h in 0..nh {
+            // Row (ti, h) of g is at (ti·nh + h)·d.
+            gemm_direct(
+                t,
+                d,
+                dh,
+                &k[h * dh..],
+                di,
+                1,
+                &attn.q.w[h * dh * d..],
+                d,
+                &mut g[h * d..],
+                nh * d,
+                false,
+            );
+            gemm_direct(
+                t,
+                d,
+                dh,
+                &v[h * dh..],
+                di,
+                1,
+                &attn.o.w_t[h * dh * d..],
+                d,
+                &mut u[h * d..],
+                nh * d,
+                false,
+            );
+            for ti in 0..t {
+                let kh = &k[ti * di + h * dh..ti * di + (h + 1) * dh];
+                let bq = &attn.q.b[h * dh..(h + 1) * dh];
+                c[ti * nh + h] = kh.iter().zip(bq).map(|(a, b)| a * b).sum::<f32>() / scale;
+            }
+        }
+        g.iter_mut().for_each(|v| *v /= scale);
+        let gt = PackedB::new(&g, d, nh * t, 1, d);
+        let u = PackedB::new(&u, nh * t, d, d, 1);
+        I2t { g, gt, c, u }
+    }
+
+    /// The token-side part of a block before its token-to-image attention: self-attention and norm1.
+    fn self_attention(&self, blk: &HostTwoWayBlock, queries: &mut [f32], tokens: &[f32], t: usize) {
+        if blk.skip_first_layer_pe {
+            let out = blk
+                .self_attn
+                .forward_tokens(queries, queries, queries, t, t);
+            queries.copy_from_slice(&out);
+        } else {
+            let q = add(queries, tokens);
+            let out = blk.self_attn.forward_tokens(&q, &q, queries, t, t);
+            queries.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+        }
+        blk.norm1.rows_inplace(queries);
+    }
+
+    /// After the token-to-image attention output: residual, norm2, MLP, norm3.
+    fn after_t2i(&self, blk: &HostTwoWayBlock, queries: &mut [f32], attn_out: &[f32], t: usize) {
+        queries.iter_mut().zip(attn_out).for_each(|(a, b)| *a += b);
+        blk.norm2.rows_inplace(queries);
+        let mut h = blk.mlp1.forward(queries, t, Par::Auto);
+        h.iter_mut().for_each(|v| *v = v.max(0.0));
+        let m = blk.mlp2.forward(&h, t, Par::Auto);
+        queries.iter_mut().zip(&m).for_each(|(a, b)| *a += b);
+        blk.norm3.rows_inplace(queries);
+    }
+
+    /// One row-parallel pass over the image tokens.
+    ///
+    /// * `shared`: keys shared by all sets (then `sets` are outputs when `i2t` is given, unused otherwise);
+    ///   without it, `sets` hold each set's keys and are updated in place;
+    /// * `i2t`: image-to-token attention (+ residual + norm) applied to the keys first;
+    /// * `t2i`: token-to-image attention scores on the (new) keys; returns the weighted key sums per set
+    ///   (heads·tokens × D).
+    fn pass(
+        &self,
+        n: usize,
+        pe: &[f32],
+        shared: Option<&[f32]>,
+        mut sets: Vec<&mut [f32]>,
+        i2t: Option<I2tArgs<'_>>,
+        t2i: &[T2i],
+    ) -> Vec<Vec<f32>> {
+        let d = self.dim;
+        let b = t2i.len();
+        let n_chunks = n.div_ceil(CHUNK_ROWS);
+        // Per chunk: the chunk of every set's key buffer.
+        let mut chunked: Vec<Vec<&mut [f32]>> = (0..n_chunks).map(|_| Vec::new()).collect();
+        for s in sets.iter_mut() {
+            for (c, part) in s.chunks_mut(CHUNK_ROWS * d).enumerate() {
+                chunked[c].push(part);
+            }
+        }
+        // With shared keys, the first scores of all sets are one product: stack their matrices.
+        let g_all: Option<(PackedB, Vec<f32>)> = shared.map(|_| {
+            let gs: Vec<(&[f32], &[f32])> = match i2t {
+                Some((p, ..)) => p.iter().map(|p| (&p.g[..], &p.c[..])).collect(),
+                None => t2i.iter().map(|p| (&p.g[..], &p.c[..])).collect(),
+            };
+            let g: Vec<f32> = gs.iter().flat_map(|(g, _)| g.iter().copied()).collect();
+            let c: Vec<f32> = gs.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+            (PackedB::new(&g, d, c.len(), 1, d), c)
+        });
+        let ctx = PassCtx { d, i2t };
+        let results: Vec<Vec<Partial>> = chunked
+            .into_par_iter()
+            .enumerate()
+            .map(|(ci, mut bufs)| {
+                let r0 = ci * CHUNK_ROWS;
+                let r = CHUNK_ROWS.min(n - r0);
+                let pe_c = &pe[r0 * d..(r0 + r) * d];
+                match shared {
+                    Some(xs) => {
+                        let x = &xs[r0 * d..(r0 + r) * d];
+                        let (ga, ca) = g_all.as_ref().unwrap();
+                        let cols = ca.len();
+                        with_scratch([r * d, r * cols], |[xpe, s]| {
+                            add_into(xpe, x, pe_c);
+                            scores(s, xpe, ga, ca, r);
+                            match i2t {
+                                None => {
+                                    let p = column_partial(s, r, cols, x, d);
+                                    let mut off = 0;
+                                    t2i.iter()
+                                        .map(|q| {
+                                            let w = q.gt.n();
+                                            let part = Partial {
+                                                m: p.m[off..off + w].to_vec(),
+                                                l: p.l[off..off + w].to_vec(),
+                                                z: p.z[off * d..(off + w) * d].to_vec(),
+                                            };
+                                            off += w;
+                                            part
+                                        })
+                                        .collect()
+                                }
+                                Some((ps, ..)) => {
+                                    let mut off = 0;
+                                    (0..b)
+                                        .map(|si| {
+                                            let out = &mut *bufs[si];
+                                            ctx.i2t_apply(x, s, cols, off, r, &ps[si], out);
+                                            off += ps[si].gt.n();
+                                            ctx.t2i_partial(out, pe_c, r, &t2i[si])
+                                        })
+                                        .collect()
+                                }
+                            }
+                        })
+                    }
+                    None => (0..b)
+                        .map(|si| {
+                            let buf = &mut *bufs[si];
+                            if let Some((ps, ..)) = i2t {
+                                let ht = ps[si].gt.n();
+                                with_scratch([r * d, r * d, r * ht], |[x, xpe, s]| {
+                                    x.copy_from_slice(buf);
+                                    add_into(xpe, x, pe_c);
+                                    scores(s, xpe, &ps[si].gt, &ps[si].c, r);
+                                    ctx.i2t_apply(x, s, ht, 0, r, &ps[si], buf);
+                                });
+                            }
+                            ctx.t2i_partial(buf, pe_c, r, &t2i[si])
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        (0..b)
+            .map(|si| {
+                let parts: Vec<&Partial> = results.iter().map(|c| &c[si]).collect();
+                merge_partials(&parts, t2i[si].gt.n(), d)
+            })
+            .collect()
+    }
+
+    /// Run the decoder. `mask_tokens` selects the mask tokens to output (e.g. 1..=3 for multimask).
+    pub fn forward(&self, inp: &DecoderInputs<'_>, mask_tokens: &[usize]) -> DecoderOutputs {
+        let d = self.dim;
+        let trace = std::env::var_os("SAM_TRACE").is_some();
+        let t0 = std::time::Instant::now();
+        let tr = |what: &str| {
+            if trace {
+                eprintln!("{what}: {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
+            }
+        };
+        let (gh, gw) = inp.grid;
+        let n = gh * gw;
+        let bsz = inp.batch;
+        let n_out = 1 + self.n_masks;
+        let t = n_out + inp.n_sparse;
+
+        // Prompt tokens per set: [iou, masks..., sparse...].
+        let tokens: Vec<Vec<f32>> = (0..bsz)
+            .map(|b| {
+                let mut v = self.output_tokens.clone();
+                v.extend_from_slice(&inp.sparse[b * inp.n_sparse * d..(b + 1) * inp.n_sparse * d]);
+                v
+            })
+            .collect();
+        let mut queries = tokens.clone();
+
+        // Initial keys: embedding (channels last) + dense prompt embedding; shared by all sets when possible.
+        let emb = |e: usize| &inp.embeddings[e * d * n..(e + 1) * d * n];
+        let shared_dense = match inp.dense {
+            Dense::Shared(v) => Some(v),
+            Dense::PerSet(v) if bsz == 1 => Some(&v[..d]),
+            _ => None,
+        };
+        let mut shared_keys: Option<Vec<f32>> = match shared_dense {
+            Some(dv) if inp.n_embeddings == 1 => {
+                let mut x = self.pool.take(n * d);
+                keys_from_nchw(&mut x, emb(0), n, d, dv, 0);
+                Some(x)
+            }
+            _ => None,
+        };
+        let mut keys: Vec<Vec<f32>> = if shared_keys.is_some() {
+            Vec::new()
+        } else {
+            (0..bsz)
+                .map(|b| {
+                    let e = emb(if inp.n_embeddings == 1 { 0 } else { b });
+                    let mut x = self.pool.take(n * d);
+                    match inp.dense {
+                        Dense::Shared(v) => keys_from_nchw(&mut x, e, n, d, v, 0),
+                        Dense::PerSet(v) => {
+                            keys_from_nchw(&mut x, e, n, d, &v[b * d..(b + 1) * d], 0)
+                        }
+                        Dense::Full(v) => {
+                            keys_from_nchw(&mut x, e, n, d, &v[b * n * d..(b + 1) * n * d], d)
+                        }
+                    }
+                    x
+                })
+                .collect()
+        };
+
+        tr("keys");
+        // The final attention only matters for the IoU token and the selected mask tokens.
+        let final_rows: Vec<usize> = std::iter::once(0)
+            .chain(mask_tokens.iter().map(|&i| 1 + i))
+            .collect();
+        let n_layers = self.layers.len();
+        let mut pending_i2t: Option<(Vec<I2t>, usize)> = None;
+        for li in 0..=n_layers {
+            // Token side up to the token-to-image attention of layer li (or the final attention).
+            let (attn, blk) = if li < n_layers {
+                (&self.layers[li].t2i, Some(&self.layers[li]))
+            } else {
+                (&self.final_attn, None)
+            };
+            let rows: Vec<usize> = match blk {
+                Some(_) => (0..t).collect(),
+                None => final_rows.clone(),
+            };
+            let t2i: Vec<T2i> = (0..bsz)
+                .map(|b| {
+                    if let Some(blk) = blk {
+                        self.self_attention(blk, &mut queries[b], &tokens[b], t);
+                    }
+                    let (qb, tb) = (&queries[b], &tokens[b]);
+                    let mut q_in = Vec::with_capacity(rows.len() * d);
+                    for &r in &rows {
+                        q_in.extend((0..d).map(|c| qb[r * d + c] + tb[r * d + c]));
+                    }
+                    self.t2i_prep(attn, &q_in, rows.len())
+                })
+                .collect();
+            tr("token side");
+            let i2t_info = pending_i2t.take();
+            let i2t_args = i2t_info.as_ref().map(|(ps, pli)| {
+                let blk = &self.layers[*pli];
+                (&ps[..], &blk.i2t, &blk.norm4, t)
+            });
+            let z = match (i2t_args, shared_keys.is_some()) {
+                (None, true) => {
+                    self.pass(n, inp.pe, shared_keys.as_deref(), Vec::new(), None, &t2i)
+                }
+                (Some(args), true) => {
+                    keys = (0..bsz).map(|_| self.pool.take(n * d)).collect();
+                    let bufs: Vec<&mut [f32]> = keys.iter_mut().map(|k| &mut k[..]).collect();
+                    let z = self.pass(n, inp.pe, shared_keys.as_deref(), bufs, Some(args), &t2i);
+                    self.pool.give(shared_keys.take());
+                    z
+                }
+                (args, false) => {
+                    let bufs: Vec<&mut [f32]> = keys.iter_mut().map(|k| &mut k[..]).collect();
+                    self.pass(n, inp.pe, None, bufs, args, &t2i)
+                }
+            };
+            tr("pass");
+            for b in 0..bsz {
+                let out = self.t2i_finish(attn, &z[b], rows.len());
+                match blk {
+                    Some(blk) => self.after_t2i(blk, &mut queries[b], &out, t),
+                    None => {
+                        for (i, &r) in rows.iter().enumerate() {
+                            let q = &mut queries[b][r * d..(r + 1) * d];
+                            q.iter_mut()
+                                .zip(&out[i * d..(i + 1) * d])
+                                .for_each(|(a, o)| *a += o);
+                            self.norm_final.rows_inplace(q);
+                        }
+                    }
+                }
+            }
+            if let Some(blk) = blk {
+                let ps = (0..bsz)
+                    .map(|b| self.i2t_prep(&blk.i2t, &queries[b], &tokens[b], t))
+                    .collect();
+                pending_i2t = Some((ps, li));
+            }
+        }
+        // With no layers, the keys are still the shared initial keys.
+        if let Some(k) = shared_keys.take() {
+            keys = (0..bsz).map(|_| k.clone()).collect();
+            self.pool.give([k]);
+        }
+
+        // Heads: hypernetworks and IoU prediction.
+        let k_out = mask_tokens.len();
+        let mlp = |layers: &[HostLinear], x: &[f32]| -> Vec<f32> {
+            let mut x = x.to_vec();
+            for (i, l) in layers.iter().enumerate() {
+                x = l.forward(&x, 1, Par::Auto);
+                if i + 1 < layers.len() {
+                    x.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+            }
+            x
+        };
+        let mut iou = Vec::with_capacity(bsz * k_out);
+        let mut hyper = Vec::with_capacity(bsz);
+        for q in &queries {
+            let all = mlp(&self.iou_head, &q[..d]);
+            iou.extend(mask_tokens.iter().map(|&i| all[i]));
+            let h: Vec<f32> = mask_tokens
+                .iter()
+                .flat_map(|&i| mlp(&self.hyper[i], &q[(1 + i) * d..(2 + i) * d]))
+                .collect();
+            hyper.push(h);
+        }
+
+        tr("heads");
+        let masks = self.upscale(&keys, &hyper, (gh, gw), k_out);
+        self.pool.give(keys);
+        tr("upscale");
+        DecoderOutputs { masks, iou }
+    }
+
+    /// Output upscaling (two 2×2 transposed convolutions with LayerNorm2d and GELU) fused with the products with
+    /// the hypernetwork outputs: keys (B × (gh·gw × D)) → mask logits (B, K, 4gh, 4gw).
+    fn upscale(
+        &self,
+        keys: &[Vec<f32>],
+        hyper: &[Vec<f32>],
+        grid: (usize, usize),
+        k_out: usize,
+    ) -> Vec<f32> {
+        let d = self.dim;
+        let (gh, gw) = grid;
+        let (mh, mw) = (4 * gh, 4 * gw);
+        let plane = mh * mw;
+        let mut masks = vec![0f32; keys.len() * k_out * plane];
+        let grid_rows = (CHUNK_ROWS / gw).max(1);
+        let chunk_out = grid_rows * 4 * mw;
+        // Tasks: (set, chunk of grid rows), each with its rows of every output plane.
+        let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
+        for (b, set_masks) in masks.chunks_mut(k_out * plane).enumerate() {
+            let mut per_chunk: Vec<Vec<&mut [f32]>> = Vec::new();
+            for pl in set_masks.chunks_mut(plane) {
+                for (ci, part) in pl.chunks_mut(chunk_out).enumerate() {
+                    if per_chunk.len() <= ci {
+                        per_chunk.push(Vec::new());
+                    }
+                    per_chunk[ci].push(part);
+                }
+            }
+            for (ci, parts) in per_chunk.into_iter().enumerate() {
+                tasks.push((b, ci, parts));
+            }
+        }
+        let (c1, c2) = (self.c1, self.c2);
+        tasks.into_par_iter().for_each(|(b, ci, mut outs)| {
+            let y0 = ci * grid_rows;
+            let rows = grid_rows.min(gh - y0);
+            let r = rows * gw;
+            let x = &keys[b][y0 * gw * d..(y0 * gw + r) * d];
+            with_scratch([r * 4 * c1, 16 * r * c2, 16 * r * k_out], |[u1, u2, m]| {
+                // ConvTranspose 1 (+ bias) → LayerNorm2d → GELU; rows (pixel, sub-pixel) of c1 channels.
+                gemm_packed_bias(
+                    r,
+                    x,
+                    d,
+                    1,
+                    &self.up1_w,
+                    Some(&self.up1_b),
+                    u1,
+                    4 * c1,
+                    false,
+                );
+                self.up_norm.rows_inplace(u1);
+                gelu_inplace(u1);
+                // ConvTranspose 2 (+ bias) → GELU; rows (pixel, sub-pixel, sub-sub-pixel) of c2 channels.
+                gemm_packed_bias(
+                    4 * r,
+                    u1,
+                    c1,
+                    1,
+                    &self.up2_w,
+                    Some(&self.up2_b),
+                    u2,
+                    4 * c2,
+                    false,
+                );
+                gelu_inplace(u2);
+                // Hypernetwork products; row ((p·4 + s1)·4 + s2) with p = (y, x), s1 = (a, b1), s2 = (a2, b2)
+                // is output pixel (4y + 2a + a2, 4x + 2b1 + b2), y relative to the chunk.
+                row_dots(u2, c2, &hyper[b], k_out, m);
+                for (p, mp) in m.chunks_exact(16 * k_out).enumerate() {
+                    let (yy, xx) = (p / gw, p % gw);
+                    for (s12, v) in mp.chunks_exact(k_out).enumerate() {
+                        let (s1, s2) = (s12 / 4, s12 % 4);
+                        let oy = 4 * yy + 2 * (s1 / 2) + s2 / 2;
+                        let ox = 4 * xx + 2 * (s1 % 2) + s2 % 2;
+                        for (out, &val) in outs.iter_mut().zip(v) {
+                            out[oy * mw + ox] = val;
+                        }
+                    }
+                }
+            });
+        });
+        masks
+    }
+}

@@ -1,0 +1,432 @@
+//! The CPU kernels against the plain candle path (the reference): element-wise math, matrix products, the
+//! mask decoder and the image encoder on random weights and inputs with small dimensions.
+
+use candle_core::{DType, Device, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use segment_anything::kernels::{self, math, Mat, MatMut, Par};
+use segment_anything::{Prompts, Sam, SamConfig};
+
+fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+        .collect()
+}
+
+/// max |a − b| / max |b|.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let m = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
+    let d = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(d.is_finite(), "non-finite values");
+    d / m
+}
+
+#[test]
+fn exp_matches_f64() {
+    let mut worst = 0f64;
+    let mut xs: Vec<f32> = (0..200_001).map(|i| -87.0 + i as f32 * 0.000_87).collect();
+    xs.extend((0..10_000).map(|i| -0.01 + i as f32 * 2e-6));
+    let mut v = xs.clone();
+    math::exp_inplace(&mut v);
+    for (x, y) in xs.iter().zip(&v) {
+        let want = (*x as f64).exp();
+        worst = worst.max(((*y as f64) - want).abs() / want);
+    }
+    assert!(worst < 3e-7, "exp relative error {worst}");
+    // Scalar version, and very negative inputs underflow to 0.
+    for &x in &xs[..1000] {
+        let want = (x as f64).exp();
+        assert!(((math::exp_scalar(x) as f64) - want).abs() / want < 3e-7);
+    }
+    let mut v = vec![-200.0f32, -100.0, f32::NEG_INFINITY];
+    math::exp_inplace(&mut v);
+    assert!(v.iter().all(|&x| x == 0.0));
+}
+
+fn erf64(x: f64) -> f64 {
+    // Abramowitz–Stegun 7.1.28-free: a series/continued fraction good to 1e-15 for our range.
+    let t = x.abs();
+    let r = if t < 3.0 {
+        // Taylor series.
+        let mut sum = t;
+        let mut term = t;
+        let mut n = 0.0;
+        loop {
+            n += 1.0;
+            term *= -t * t / n;
+            let add = term / (2.0 * n + 1.0);
+            sum += add;
+            if add.abs() < 1e-17 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // Continued fraction for erfc.
+        let mut f = 0.0;
+        for k in (1..60).rev() {
+            f = (k as f64 / 2.0) / (t + f);
+        }
+        1.0 - (-t * t).exp() / std::f64::consts::PI.sqrt() / (t + f)
+    };
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
+}
+
+#[test]
+fn gelu_matches_exact_gelu() {
+    let xs: Vec<f32> = (0..40_001).map(|i| -10.0 + i as f32 * 0.0005).collect();
+    let mut v = xs.clone();
+    math::gelu_inplace(&mut v);
+    let mut b = xs.clone();
+    math::bias_gelu_rows(&mut b[..40_000], &vec![0.0; 8]);
+    for (i, (x, y)) in xs.iter().zip(&v).enumerate() {
+        let x64 = *x as f64;
+        let want = 0.5 * x64 * (1.0 + erf64(x64 / std::f64::consts::SQRT_2));
+        // PyTorch's vectorised erf has |error| ≤ 1.5e-7.
+        let tol = 4e-7 * x64.abs().max(1.0);
+        assert!(
+            ((*y as f64) - want).abs() <= tol,
+            "gelu({x}) = {y}, want {want}"
+        );
+        assert!(((math::gelu_scalar(*x) as f64) - want).abs() <= tol);
+        if i < 40_000 {
+            assert_eq!(b[i], *y);
+        }
+    }
+}
+
+#[test]
+fn softmax_and_layer_norm_match_f64() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for n in [1usize, 3, 7, 8, 9, 31, 196, 4096] {
+        let x = rand_vec(&mut rng, n, 10.0);
+        let mut y = x.clone();
+        math::softmax_row(&mut y);
+        let m = x.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+        let s: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
+        for (a, b) in x.iter().zip(&y) {
+            let want = (*a as f64 - m).exp() / s;
+            assert!(
+                ((*b as f64) - want).abs() <= 1e-6 * want.max(1e-3),
+                "softmax n={n}"
+            );
+        }
+        let w = rand_vec(&mut rng, n, 1.0);
+        let bias = rand_vec(&mut rng, n, 1.0);
+        let mut out = vec![0f32; n];
+        math::layer_norm_row(&x, &mut out, &w, &bias, 1e-6);
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        for i in 0..n {
+            let want = (x[i] as f64 - mean) / (var + 1e-6).sqrt() * w[i] as f64 + bias[i] as f64;
+            assert!(((out[i] as f64) - want).abs() <= 2e-5, "layer norm n={n}");
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_naive_with_strides() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (7, 56, 256),
+        (33, 17, 5),
+        (130, 70, 64),
+        (4, 3, 0),
+    ] {
+        let a = rand_vec(&mut rng, m * k * 2, 1.0);
+        let b = rand_vec(&mut rng, k * n * 3, 1.0);
+        for accumulate in [false, true] {
+            for par in [Par::Seq, Par::Auto] {
+                // a with row stride 2k; b transposed view with column stride 3k... (b stored n × 3k).
+                let c0 = rand_vec(&mut rng, m * (n + 1), 1.0);
+                let mut c = c0.clone();
+                kernels::gemm(
+                    m,
+                    n,
+                    k,
+                    MatMut::rows(&mut c, n + 1),
+                    Mat::rows(&a, 2 * k),
+                    Mat::rows(&b, 3 * k).t(),
+                    accumulate,
+                    par,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = if accumulate {
+                            c0[i * (n + 1) + j] as f64
+                        } else {
+                            0.0
+                        };
+                        for l in 0..k {
+                            s += a[i * 2 * k + l] as f64 * b[j * 3 * k + l] as f64;
+                        }
+                        let got = c[i * (n + 1) + j] as f64;
+                        assert!(
+                            (got - s).abs() <= 1e-4 * (1.0 + s.abs()),
+                            "gemm {m}×{n}×{k}"
+                        );
+                    }
+                    // The padding column is untouched.
+                    assert_eq!(c[i * (n + 1) + n], c0[i * (n + 1) + n]);
+                }
+            }
+        }
+    }
+}
+
+/// A small model: tiny encoder, decoder with `dim`/`heads` (vit dims: 256/8), grid `input/16`.
+fn small_config(dim: usize, heads: usize, input: usize) -> SamConfig {
+    let mut cfg = SamConfig::vit_b();
+    cfg.name = "test".into();
+    cfg.url = None;
+    cfg.sha256 = None;
+    cfg.file_size = None;
+    cfg.input_size = [input, input];
+    cfg.embed_dim = dim;
+    cfg.encoder_embed_dim = 64;
+    cfg.encoder_nb_blocks = 2;
+    cfg.encoder_nb_heads = 4;
+    cfg.encoder_global_attn_indices = vec![1];
+    cfg.encoder_window_size = 6;
+    cfg.prompt_mask_hidden_dim = 16;
+    cfg.decoder_nb_heads = heads;
+    cfg.decoder_mlp_channels = 4 * dim;
+    cfg.decoder_iou_hidden_dim = dim;
+    cfg
+}
+
+fn points(b: usize, n: usize, input: usize, rng: &mut StdRng) -> (Tensor, Tensor) {
+    let dev = Device::Cpu;
+    let p: Vec<f32> = (0..b * n * 2)
+        .map(|_| rng.gen_range(0.0..input as f32))
+        .collect();
+    let l: Vec<f32> = (0..b * n)
+        .map(|i| [1.0f32, 0.0, 1.0, -1.0][i % 4])
+        .collect();
+    (
+        Tensor::from_vec(p, (b, n, 2), &dev).unwrap(),
+        Tensor::from_vec(l, (b, n), &dev).unwrap(),
+    )
+}
+
+fn check_decoder(cfg: &SamConfig, seed: u64) {
+    let dev = Device::Cpu;
+    let sam = Sam::random(cfg, seed, &dev).unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let [gh, gw] = sam.grid_size();
+    let [mh, mw] = sam.mask_size();
+    let input = cfg.input_size[0];
+    let d = cfg.embed_dim;
+    // Random weights with N(0, 1) embeddings give a chaotic model (a relative input perturbation of 1e-7
+    // moves the logits by ~1e-3); embeddings of scale 0.1 keep it well-conditioned (~3e-6).
+    let emb1 = Tensor::randn(0f32, 0.1, (1, d, gh, gw), &dev).unwrap();
+    let emb3 = Tensor::randn(0f32, 0.1, (3, d, gh, gw), &dev).unwrap();
+    let (p1, l1) = points(1, 1, input, &mut rng);
+    let (p3, l3) = points(3, 2, input, &mut rng);
+    let boxes3 = Tensor::from_vec(
+        (0..3 * 4)
+            .map(|_| rng.gen_range(0.0..input as f32))
+            .collect::<Vec<f32>>(),
+        (3, 1, 4),
+        &dev,
+    )
+    .unwrap();
+    let masks2 = Tensor::randn(0f32, 1.0, (2, 1, mh, mw), &dev).unwrap();
+    let (p2, l2) = points(2, 3, input, &mut rng);
+    let cases: Vec<(&str, &Tensor, Prompts)> = vec![
+        (
+            "one point",
+            &emb1,
+            Prompts {
+                points: Some(p1.clone()),
+                labels: Some(l1.clone()),
+                ..Default::default()
+            },
+        ),
+        ("no prompt", &emb1, Prompts::default()),
+        (
+            "3 sets of 2 points",
+            &emb1,
+            Prompts {
+                points: Some(p3.clone()),
+                labels: Some(l3.clone()),
+                ..Default::default()
+            },
+        ),
+        (
+            "3 sets, points + box, own embeddings",
+            &emb3,
+            Prompts {
+                points: Some(p3.clone()),
+                labels: Some(l3.clone()),
+                boxes: Some(boxes3.clone()),
+                masks: None,
+            },
+        ),
+        (
+            "boxes",
+            &emb1,
+            Prompts {
+                boxes: Some(boxes3.clone()),
+                ..Default::default()
+            },
+        ),
+        (
+            "2 sets with mask prompts",
+            &emb1,
+            Prompts {
+                points: Some(p2.clone()),
+                labels: Some(l2.clone()),
+                masks: Some(masks2.clone()),
+                boxes: None,
+            },
+        ),
+    ];
+    for (name, emb, prompts) in cases {
+        let (sparse, dense) = sam
+            .prompt_encoder()
+            .forward(&prompts, (input, input), (gh, gw), &dev)
+            .unwrap();
+        let pe = sam.prompt_encoder().dense_pe(gh, gw, &dev).unwrap();
+        let dec = sam.mask_decoder();
+        let dense_c = dense.contiguous().unwrap();
+        // Kernel outputs, reference outputs, and the reference with its inputs moved by ~2 ulp: random models
+        // can amplify rounding differences, and the kernels round differently (summation order), so the
+        // tolerance is the larger of 1e-5 and 4× the reference's own sensitivity.
+        type Run<'a> = Box<dyn Fn(&Tensor, &Tensor, bool) -> (Tensor, Tensor) + 'a>;
+        let variants: Vec<(String, Run, Run)> = vec![
+            (
+                "multimask".into(),
+                Box::new(|e, dn, fast| {
+                    if fast {
+                        dec.forward(e, &pe, &sparse, dn, true).unwrap()
+                    } else {
+                        dec.forward_generic(e, &pe, &sparse, dn, true).unwrap()
+                    }
+                }),
+                Box::new(|_, _, _| unreachable!()),
+            ),
+            (
+                "single mask".into(),
+                Box::new(|e, dn, fast| {
+                    if fast {
+                        dec.forward(e, &pe, &sparse, dn, false).unwrap()
+                    } else {
+                        dec.forward_generic(e, &pe, &sparse, dn, false).unwrap()
+                    }
+                }),
+                Box::new(|_, _, _| unreachable!()),
+            ),
+            (
+                "all tokens".into(),
+                Box::new(|e, dn, fast| {
+                    if fast {
+                        dec.predict_masks(e, &pe, &sparse, dn).unwrap()
+                    } else {
+                        dec.predict_masks_generic(e, &pe, &sparse, dn).unwrap()
+                    }
+                }),
+                Box::new(|_, _, _| unreachable!()),
+            ),
+        ];
+        for (what, run, _) in &variants {
+            let (m, i) = run(emb, &dense, true);
+            let (mr, ir) = run(emb, &dense_c, false);
+            let (mut sm, mut si) = (0f32, 0f32);
+            for f in [1.0 + f64::powi(2.0, -22), 1.0 - f64::powi(2.0, -22)] {
+                let (mp, ip) = run(&(emb * f).unwrap(), &(&dense_c * f).unwrap(), false);
+                sm = sm.max(rel_err(&mp, &mr));
+                si = si.max(rel_err(&ip, &ir));
+            }
+            let em = rel_err(&m, &mr);
+            let ei = rel_err(&i, &ir);
+            println!(
+                "decoder {name} ({what}): masks {em:.2e}, iou {ei:.2e} \
+                 (reference under a 2-ulp input change: {sm:.2e}, {si:.2e})"
+            );
+            assert!(
+                em <= 1e-5f32.max(4.0 * sm),
+                "{name} ({what}): masks relative error {em}"
+            );
+            assert!(
+                ei <= 1e-5f32.max(4.0 * si),
+                "{name} ({what}): iou relative error {ei}"
+            );
+        }
+    }
+    // Through the model, as the predictor calls it.
+    let prompts = Prompts {
+        points: Some(p1),
+        labels: Some(l1),
+        ..Default::default()
+    };
+    let (m, _) = sam.decode(&emb1, &prompts, true).unwrap();
+    assert_eq!(m.dims(), [1, cfg.nb_multimask_outputs, mh, mw]);
+    assert_eq!(m.dtype(), DType::F32);
+}
+
+#[test]
+fn decoder_kernels_match_generic_path_small() {
+    check_decoder(&small_config(64, 4, 256), 3);
+}
+
+#[test]
+fn decoder_kernels_match_generic_path_vit_dims() {
+    // The official decoder dimensions (256 channels, 8 heads) on a 20×12 grid (not a multiple of the chunking).
+    let mut cfg = small_config(256, 8, 320);
+    cfg.fixed_input_size = false;
+    check_decoder(&cfg, 4);
+    let mut cfg = small_config(256, 8, 320);
+    cfg.input_size = [320, 192];
+    check_decoder(&cfg, 5);
+}
+
+fn check_encoder(cfg: &SamConfig, batch: usize, input: (usize, usize), seed: u64) {
+    let dev = Device::Cpu;
+    let sam = Sam::random(cfg, seed, &dev).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (batch, cfg.in_channels, input.0, input.1), &dev).unwrap();
+    let enc = sam.image_encoder();
+    let fast = enc.forward(&x).unwrap();
+    let reference = enc.forward_generic(&x).unwrap();
+    let sens = rel_err(
+        &enc.forward_generic(&(&x * (1.0 + f64::powi(2.0, -22))).unwrap()).unwrap(),
+        &reference,
+    );
+    let e = rel_err(&fast, &reference);
+    println!(
+        "encoder {}×{} (batch {batch}, window {}, global {:?}): {e:.2e} (reference under a 2-ulp input change: {sens:.2e})",
+        input.0, input.1, cfg.encoder_window_size, cfg.encoder_global_attn_indices
+    );
+    assert!(e <= 1e-5f32.max(4.0 * sens), "encoder relative error {e}");
+}
+
+#[test]
+fn encoder_kernels_match_generic_path() {
+    // Windows that do not divide the grid (padding), a global block, head_dim 16.
+    let mut cfg = small_config(64, 4, 256);
+    cfg.encoder_nb_blocks = 3;
+    cfg.encoder_global_attn_indices = vec![1];
+    check_encoder(&cfg, 2, (256, 256), 6);
+    // Flexible input size: rectangular grid, interpolated relative positions, absolute positions resized.
+    cfg.fixed_input_size = false;
+    check_encoder(&cfg, 1, (224, 160), 7);
+    // Wider model: head_dim 48 (not a power of two scale), window 7, one input channel.
+    let mut cfg = small_config(64, 4, 128);
+    cfg.encoder_embed_dim = 96;
+    cfg.encoder_nb_heads = 2;
+    cfg.encoder_window_size = 7;
+    cfg.in_channels = 1;
+    cfg.mean = vec![127.0];
+    cfg.std = vec![60.0];
+    check_encoder(&cfg, 1, (128, 128), 8);
+}
