@@ -23,8 +23,8 @@ pub fn draw(photo: &DynamicImage, masks: &[Vec<bool>], prompt: &PromptSet) -> Dy
         let c = COLORS[k % COLORS.len()];
         for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
             let p = img.get_pixel_mut((i % w) as u32, (i / w) as u32);
-            for ch in 0..3 {
-                p.0[ch] = ((p.0[ch] as u16 + c[ch] as u16) / 2) as u8;
+            for (v, tint) in p.0.iter_mut().zip(c) {
+                *v = ((*v as u16 + tint as u16) / 2) as u8;
             }
         }
     }

@@ -8,7 +8,9 @@ fn cpu_seconds() -> f64 {
     let rest = s.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let tick = 100.0;
-    (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)) / tick
+    (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        / tick
 }
 
 fn main() -> Result<()> {
@@ -23,12 +25,22 @@ fn main() -> Result<()> {
     let c0 = cpu_seconds();
     for _ in 0..iters {
         let t = Instant::now();
-        let e = if generic { sam.image_encoder().forward_generic(&img)? } else { sam.image_encoder().forward(&img)? };
+        let e = if generic {
+            sam.image_encoder().forward_generic(&img)?
+        } else {
+            sam.image_encoder().forward(&img)?
+        };
         times.push(t.elapsed().as_secs_f64());
         std::hint::black_box(e);
     }
     let cpu = (cpu_seconds() - c0) / iters as f64;
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!("encoder {}: median {:.3} s, min {:.3} s, CPU {:.2} s per run", if generic { "generic" } else { "fast" }, times[times.len() / 2], times[0], cpu);
+    println!(
+        "encoder {}: median {:.3} s, min {:.3} s, CPU {:.2} s per run",
+        if generic { "generic" } else { "fast" },
+        times[times.len() / 2],
+        times[0],
+        cpu
+    );
     Ok(())
 }

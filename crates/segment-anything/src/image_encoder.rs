@@ -431,7 +431,10 @@ impl ImageEncoder {
             mlp2_b: F32Read<'a>,
         }
         fn bias(l: &Linear) -> Result<F32Read<'_>> {
-            F32Read::new(l.bias().ok_or_else(|| Error::arg("encoder", "missing bias"))?)
+            F32Read::new(
+                l.bias()
+                    .ok_or_else(|| Error::arg("encoder", "missing bias"))?,
+            )
         }
         let guards = self
             .blocks

@@ -122,7 +122,10 @@ impl PositionEmbeddingRandom {
 
 /// Dense positional encodings computed so far, by grid size (they depend only on the weights).
 #[derive(Debug, Clone, Default)]
-struct DensePeCache(Arc<Mutex<Vec<((usize, usize), Tensor)>>>);
+struct DensePeCache(Arc<Mutex<Vec<DensePeEntry>>>);
+
+/// A grid size (gh, gw) and its encoding.
+type DensePeEntry = ((usize, usize), Tensor);
 
 /// The SAM prompt encoder.
 #[derive(Debug, Clone)]

@@ -505,12 +505,12 @@ mod tests {
 
     fn random_mask(seed: &mut u64, h: usize, w: usize) -> Vec<u8> {
         let density = lcg(seed) % 100;
-        let blocky = lcg(seed) % 2 == 0;
+        let blocky = lcg(seed).is_multiple_of(2);
         (0..h * w)
             .map(|i| {
                 let (y, x) = (i / w, i % w);
                 if blocky {
-                    u8::from((x / 3 + y / 2 + (lcg(seed) % 3) as usize) % 4 == 0)
+                    u8::from((x / 3 + y / 2 + (lcg(seed) % 3) as usize).is_multiple_of(4))
                 } else {
                     u8::from(lcg(seed) % 100 < density)
                 }

@@ -104,7 +104,7 @@ fn gelu_matches_exact_gelu() {
     let mut v = xs.clone();
     math::gelu_inplace(&mut v);
     let mut b = xs.clone();
-    math::bias_gelu_rows(&mut b[..40_000], &vec![0.0; 8]);
+    math::bias_gelu_rows(&mut b[..40_000], &[0.0; 8]);
     for (i, (x, y)) in xs.iter().zip(&v).enumerate() {
         let x64 = *x as f64;
         let want = 0.5 * x64 * (1.0 + erf64(x64 / std::f64::consts::SQRT_2));
@@ -417,11 +417,7 @@ fn check_encoder(cfg: &SamConfig, batch: usize, input: (usize, usize), seed: u64
     let dev = Device::Cpu;
     let sam = Sam::random(cfg, seed, &dev).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
-    let x = rand_tensor(
-        &mut rng,
-        &[batch, cfg.in_channels, input.0, input.1],
-        2.0,
-    );
+    let x = rand_tensor(&mut rng, &[batch, cfg.in_channels, input.0, input.1], 2.0);
     let enc = sam.image_encoder();
     let fast = enc.forward(&x).unwrap();
     let reference = enc.forward_generic(&x).unwrap();

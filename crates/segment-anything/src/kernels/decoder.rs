@@ -23,8 +23,8 @@ use rayon::prelude::*;
 
 use super::direct::{gemm_direct, gemm_packed, gemm_packed_bias, PackedB};
 use super::math::{
-    exp_inplace, gelu_inplace, layer_norm_row, row_dots, softmax_interleaved,
-    softmax_row, transpose_add,
+    exp_inplace, gelu_inplace, layer_norm_row, row_dots, softmax_interleaved, softmax_row,
+    transpose_add,
 };
 use super::{gemm, with_scratch, HostLinear, Mat, MatMut, Par};
 
@@ -340,17 +340,24 @@ struct PassCtx<'a> {
 impl PassCtx<'_> {
     /// Token-to-image scores of keys `x` (r × d, with `pe_c` their positional encodings) → online-softmax partial.
     fn t2i_partial(&self, x: &[f32], pe_c: &[f32], r: usize, p: &T2i) -> Partial {
+        with_scratch([r * self.d], |[xpe]| {
+            add_into(xpe, x, pe_c);
+            self.t2i_partial_xpe(x, xpe, r, p)
+        })
+    }
+
+    /// As [`PassCtx::t2i_partial`] with `xpe = x + pe` given.
+    fn t2i_partial_xpe(&self, x: &[f32], xpe: &[f32], r: usize, p: &T2i) -> Partial {
         let d = self.d;
         let cols = p.gt.n();
-        with_scratch([r * d, r * cols], |[xpe, s]| {
-            add_into(xpe, x, pe_c);
+        with_scratch([r * cols], |[s]| {
             scores(s, xpe, &p.gt, &p.c, r);
             column_partial(s, r, cols, x, d)
         })
     }
 
     /// Image-to-token attention of one set on keys `x` (r × d): scores are columns `col0..col0 + ht` of `s`
-    /// (r × `stride`, bias included); the new keys `LN(x + attn)` go to `out`.
+    /// (r × `stride`, bias included); the new keys `LN(x + attn)` go to `out`, and `out + pe_c` to `xpe`.
     #[allow(clippy::too_many_arguments)]
     fn i2t_apply(
         &self,
@@ -361,6 +368,8 @@ impl PassCtx<'_> {
         r: usize,
         p: &I2t,
         out: &mut [f32],
+        pe_c: &[f32],
+        xpe: &mut [f32],
     ) {
         let d = self.d;
         let (_, attn, norm, t) = self.i2t.unwrap();
@@ -371,15 +380,18 @@ impl PassCtx<'_> {
                 softmax_interleaved(dst, t, ht / t);
             }
             gemm_packed(r, pr, ht, 1, &p.u, o, d, false);
-            for ((orow, xrow), dst) in o
+            for ((((orow, xrow), dst), prow), qrow) in o
                 .chunks_exact_mut(d)
                 .zip(x.chunks_exact(d))
                 .zip(out.chunks_exact_mut(d))
+                .zip(pe_c.chunks_exact(d))
+                .zip(xpe.chunks_exact_mut(d))
             {
                 for ((ov, xv), bv) in orow.iter_mut().zip(xrow).zip(&attn.o.b) {
                     *ov = xv + (*ov + bv);
                 }
                 layer_norm_row(orow, dst, &norm.w, &norm.b, norm.eps);
+                add_into(qrow, dst, prow);
             }
         })
     }
@@ -644,14 +656,18 @@ impl HostDecoder {
                                 }
                                 Some((ps, ..)) => {
                                     let mut off = 0;
-                                    (0..b)
-                                        .map(|si| {
-                                            let out = &mut *bufs[si];
-                                            ctx.i2t_apply(x, s, cols, off, r, &ps[si], out);
-                                            off += ps[si].gt.n();
-                                            ctx.t2i_partial(out, pe_c, r, &t2i[si])
-                                        })
-                                        .collect()
+                                    with_scratch([r * d], |[xpe2]| {
+                                        (0..b)
+                                            .map(|si| {
+                                                let out = &mut *bufs[si];
+                                                ctx.i2t_apply(
+                                                    x, s, cols, off, r, &ps[si], out, pe_c, xpe2,
+                                                );
+                                                off += ps[si].gt.n();
+                                                ctx.t2i_partial_xpe(out, xpe2, r, &t2i[si])
+                                            })
+                                            .collect()
+                                    })
                                 }
                             }
                         })
@@ -659,16 +675,19 @@ impl HostDecoder {
                     None => (0..b)
                         .map(|si| {
                             let buf = &mut *bufs[si];
-                            if let Some((ps, ..)) = i2t {
-                                let ht = ps[si].gt.n();
-                                with_scratch([r * d, r * d, r * ht], |[x, xpe, s]| {
-                                    x.copy_from_slice(buf);
-                                    add_into(xpe, x, pe_c);
-                                    scores(s, xpe, &ps[si].gt, &ps[si].c, r);
-                                    ctx.i2t_apply(x, s, ht, 0, r, &ps[si], buf);
-                                });
+                            match i2t {
+                                Some((ps, ..)) => {
+                                    let ht = ps[si].gt.n();
+                                    with_scratch([r * d, r * d, r * ht], |[x, xpe, s]| {
+                                        x.copy_from_slice(buf);
+                                        add_into(xpe, x, pe_c);
+                                        scores(s, xpe, &ps[si].gt, &ps[si].c, r);
+                                        ctx.i2t_apply(x, s, ht, 0, r, &ps[si], buf, pe_c, xpe);
+                                        ctx.t2i_partial_xpe(buf, xpe, r, &t2i[si])
+                                    })
+                                }
+                                None => ctx.t2i_partial(buf, pe_c, r, &t2i[si]),
                             }
-                            ctx.t2i_partial(buf, pe_c, r, &t2i[si])
                         })
                         .collect(),
                 }
@@ -685,13 +704,6 @@ impl HostDecoder {
     /// Run the decoder. `mask_tokens` selects the mask tokens to output (e.g. 1..=3 for multimask).
     pub fn forward(&self, inp: &DecoderInputs<'_>, mask_tokens: &[usize]) -> DecoderOutputs {
         let d = self.dim;
-        let trace = std::env::var_os("SAM_TRACE").is_some();
-        let t0 = std::time::Instant::now();
-        let tr = |what: &str| {
-            if trace {
-                eprintln!("{what}: {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
-            }
-        };
         let (gh, gw) = inp.grid;
         let n = gh * gw;
         let bsz = inp.batch;
@@ -744,7 +756,6 @@ impl HostDecoder {
                 .collect()
         };
 
-        tr("keys");
         // The final attention only matters for the IoU token and the selected mask tokens.
         let final_rows: Vec<usize> = std::iter::once(0)
             .chain(mask_tokens.iter().map(|&i| 1 + i))
@@ -775,7 +786,6 @@ impl HostDecoder {
                     self.t2i_prep(attn, &q_in, rows.len())
                 })
                 .collect();
-            tr("token side");
             let i2t_info = pending_i2t.take();
             let i2t_args = i2t_info.as_ref().map(|(ps, pli)| {
                 let blk = &self.layers[*pli];
@@ -797,7 +807,6 @@ impl HostDecoder {
                     self.pass(n, inp.pe, None, bufs, args, &t2i)
                 }
             };
-            tr("pass");
             for b in 0..bsz {
                 let out = self.t2i_finish(attn, &z[b], rows.len());
                 match blk {
@@ -850,10 +859,8 @@ impl HostDecoder {
             hyper.push(h);
         }
 
-        tr("heads");
         let masks = self.upscale(&keys, &hyper, (gh, gw), k_out);
         self.pool.give(keys);
-        tr("upscale");
         DecoderOutputs { masks, iou }
     }
 
@@ -895,7 +902,9 @@ impl HostDecoder {
             let rows = grid_rows.min(gh - y0);
             let r = rows * gw;
             let x = &keys[b][y0 * gw * d..(y0 * gw + r) * d];
-            with_scratch([r * 4 * c1, 16 * r * c2, 16 * r * k_out], |[u1, u2, m]| {
+            // Second-stage rows are processed in sub-blocks that stay in L1/L2.
+            const SUB: usize = 48;
+            with_scratch([r * 4 * c1, SUB * 4 * c2, SUB * 4 * k_out], |[u1, u2, m]| {
                 // ConvTranspose 1 (+ bias) → LayerNorm2d → GELU; rows (pixel, sub-pixel) of c1 channels.
                 gemm_packed_bias(
                     r,
@@ -910,32 +919,43 @@ impl HostDecoder {
                 );
                 self.up_norm.rows_inplace(u1);
                 gelu_inplace(u1);
-                // ConvTranspose 2 (+ bias) → GELU; rows (pixel, sub-pixel, sub-sub-pixel) of c2 channels.
-                gemm_packed_bias(
-                    4 * r,
-                    u1,
-                    c1,
-                    1,
-                    &self.up2_w,
-                    Some(&self.up2_b),
-                    u2,
-                    4 * c2,
-                    false,
-                );
-                gelu_inplace(u2);
-                // Hypernetwork products; row ((p·4 + s1)·4 + s2) with p = (y, x), s1 = (a, b1), s2 = (a2, b2)
-                // is output pixel (4y + 2a + a2, 4x + 2b1 + b2), y relative to the chunk.
-                row_dots(u2, c2, &hyper[b], k_out, m);
-                for (p, mp) in m.chunks_exact(16 * k_out).enumerate() {
-                    let (yy, xx) = (p / gw, p % gw);
-                    for (s12, v) in mp.chunks_exact(k_out).enumerate() {
-                        let (s1, s2) = (s12 / 4, s12 % 4);
-                        let oy = 4 * yy + 2 * (s1 / 2) + s2 / 2;
-                        let ox = 4 * xx + 2 * (s1 % 2) + s2 % 2;
+                // ConvTranspose 2 (+ bias) → GELU; rows (pixel, sub-pixel, sub-sub-pixel) of c2 channels; then
+                // the hypernetwork products. Row ((p·4 + s1)·4 + s2) with p = (y, x), s1 = (a, b1),
+                // s2 = (a2, b2) is output pixel (4y + 2a + a2, 4x + 2b1 + b2), y relative to the chunk.
+                let rows1 = 4 * r;
+                let mut i0 = 0;
+                while i0 < rows1 {
+                    let nb = SUB.min(rows1 - i0);
+                    let u2b = &mut u2[..nb * 4 * c2];
+                    gemm_packed_bias(
+                        nb,
+                        &u1[i0 * c1..],
+                        c1,
+                        1,
+                        &self.up2_w,
+                        Some(&self.up2_b),
+                        u2b,
+                        4 * c2,
+                        false,
+                    );
+                    gelu_inplace(u2b);
+                    let mb = &mut m[..nb * 4 * k_out];
+                    row_dots(u2b, c2, &hyper[b], k_out, mb);
+                    // Output offset of row ((p·4 + s1)·4 + s2): base of pixel p plus a fixed offset per (s1, s2).
+                    let sub_off =
+                        |s: usize| (2 * (s / 8) + (s / 2) % 2) * mw + 2 * ((s / 4) % 2) + s % 2;
+                    let offs: [usize; 16] = std::array::from_fn(sub_off);
+                    let row0 = i0 * 4;
+                    for (j, v) in mb.chunks_exact(k_out).enumerate() {
+                        let row = row0 + j;
+                        let p = row / 16;
+                        let (yy, xx) = (p / gw, p % gw);
+                        let o = 4 * yy * mw + 4 * xx + offs[row % 16];
                         for (out, &val) in outs.iter_mut().zip(v) {
-                            out[oy * mw + ox] = val;
+                            out[o] = val;
                         }
                     }
+                    i0 += nb;
                 }
             });
         });

@@ -68,7 +68,9 @@ impl PackedB {
                 let jn = 16.min(n - 16 * p);
                 let dst = &mut data[(p * k + l) * 16..(p * k + l) * 16 + jn];
                 match (r, add) {
-                    (Some(r), None) => dst.copy_from_slice(&src[r * ld + 16 * p..r * ld + 16 * p + jn]),
+                    (Some(r), None) => {
+                        dst.copy_from_slice(&src[r * ld + 16 * p..r * ld + 16 * p + jn])
+                    }
                     (Some(r), Some(a)) => {
                         let s = &src[r * ld + 16 * p..r * ld + 16 * p + jn];
                         for ((d, x), y) in dst.iter_mut().zip(s).zip(&a[16 * p..16 * p + jn]) {
@@ -178,7 +180,10 @@ pub fn gemm_packed_cols(
     c: &mut [f32],
     ldc: usize,
 ) {
-    assert!(j0 % 16 == 0 && j0 + width <= b.n, "gemm_packed_cols: columns");
+    assert!(
+        j0.is_multiple_of(16) && j0 + width <= b.n,
+        "gemm_packed_cols: columns"
+    );
     let p0 = j0 / 16;
     let p1 = (j0 + width).div_ceil(16);
     packed_impl(
@@ -419,6 +424,22 @@ mod avx {
         ldb: usize,
         out: *mut f32,
     ) {
+        kloop6_store(k, a, ars, acs, b, ldb, out, 16)
+    }
+
+    /// [`kloop6`] storing row i of the tile at `out + i·ldo`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kloop6_store(
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
         std::arch::asm!(
             "vxorps ymm4, ymm4, ymm4",
             "vxorps ymm5, ymm5, ymm5",
@@ -463,16 +484,21 @@ mod avx {
             "3:",
             "vmovups [{out}], ymm4",
             "vmovups [{out} + 32], ymm5",
-            "vmovups [{out} + 64], ymm6",
-            "vmovups [{out} + 96], ymm7",
-            "vmovups [{out} + 128], ymm8",
-            "vmovups [{out} + 160], ymm9",
-            "vmovups [{out} + 192], ymm10",
-            "vmovups [{out} + 224], ymm11",
-            "vmovups [{out} + 256], ymm12",
-            "vmovups [{out} + 288], ymm13",
-            "vmovups [{out} + 320], ymm14",
-            "vmovups [{out} + 352], ymm15",
+            "add {out}, {ldo}",
+            "vmovups [{out}], ymm6",
+            "vmovups [{out} + 32], ymm7",
+            "add {out}, {ldo}",
+            "vmovups [{out}], ymm8",
+            "vmovups [{out} + 32], ymm9",
+            "add {out}, {ldo}",
+            "vmovups [{out}], ymm10",
+            "vmovups [{out} + 32], ymm11",
+            "add {out}, {ldo}",
+            "vmovups [{out}], ymm12",
+            "vmovups [{out} + 32], ymm13",
+            "add {out}, {ldo}",
+            "vmovups [{out}], ymm14",
+            "vmovups [{out} + 32], ymm15",
             k = inout(reg) k => _,
             a = inout(reg) a => _,
             a3 = inout(reg) a.wrapping_add(3 * ars) => _,
@@ -480,7 +506,8 @@ mod avx {
             ars = in(reg) ars * 4,
             acs = in(reg) acs * 4,
             ldb = in(reg) ldb * 4,
-            out = in(reg) out,
+            out = inout(reg) out => _,
+            ldo = in(reg) ldo * 4,
             out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
             out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
             out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
@@ -508,13 +535,13 @@ mod avx {
         for l in 0..k {
             let b0 = _mm256_maskload_ps(b.add(l * ldb), m0);
             let ap = a.add(l * acs);
-            for i in 0..MR {
+            for (i, a0) in acc0.iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*ap.add(i * ars));
-                acc0[i] = _mm256_fmadd_ps(av, b0, acc0[i]);
+                *a0 = _mm256_fmadd_ps(av, b0, *a0);
             }
         }
-        for i in 0..MR {
-            acc[i] = [acc0[i], _mm256_setzero_ps()];
+        for (dst, a0) in acc.iter_mut().zip(acc0) {
+            *dst = [a0, _mm256_setzero_ps()];
         }
     }
 
@@ -535,6 +562,10 @@ mod avx {
         padded: bool,
         accumulate: bool,
     ) {
+        if MR == 6 && nb == 16 && bias.is_null() && !accumulate {
+            kloop6_store(k, a, ars, acs, b, ldb, c, ldc);
+            return;
+        }
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         if nb <= 8 {
             kloop8::<MR>(

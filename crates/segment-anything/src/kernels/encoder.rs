@@ -19,7 +19,7 @@ use super::{gemm, with_scratch, Mat, MatMut, Par};
 /// Rows per task of the row-parallel element-wise passes.
 const ROWS_PER_TASK: usize = 64;
 /// Query rows per task of global attention (the scores of one head are `QUERY_BLOCK` × tokens).
-const QUERY_BLOCK: usize = 32;
+const QUERY_BLOCK: usize = 48;
 
 /// One encoder block's weights, borrowed from host memory.
 pub struct BlockWeights<'a> {
@@ -344,7 +344,10 @@ pub fn run_blocks(x: &mut [f32], (gh, gw): (usize, usize), c: usize, blocks: &[B
         }
     }
     for w in blocks {
-        let order = orders.iter().find(|(ws, _)| *ws == w.window).map(|(_, o)| o);
+        let order = orders
+            .iter()
+            .find(|(ws, _)| *ws == w.window)
+            .map(|(_, o)| o);
         block(x, &mut buf, w, (gh, gw), c, order);
     }
 }
@@ -395,7 +398,11 @@ fn block(
         .zip(buf.y.par_chunks_mut(ROWS_PER_TASK * c))
         .enumerate()
         .for_each(|(ci, (xc, yc))| {
-            for (k, (xr, yr)) in xc.chunks_exact_mut(c).zip(yc.chunks_exact_mut(c)).enumerate() {
+            for (k, (xr, yr)) in xc
+                .chunks_exact_mut(c)
+                .zip(yc.chunks_exact_mut(c))
+                .enumerate()
+            {
                 let p = ci * ROWS_PER_TASK + k;
                 let r = inv.map_or(p, |inv| inv[p]);
                 for ((xv, tv), bv) in xr.iter_mut().zip(&t[r * c..(r + 1) * c]).zip(w.proj_b) {
@@ -498,6 +505,7 @@ pub fn patch_embed(
 
 /// The neck: 1×1 conv (`conv1_t`, (C, out)) → LayerNorm2d → 3×3 conv (`conv2`, (9·out, out), rows ordered
 /// (ky, kx, in)) → LayerNorm2d, on `x` (n × C, image order) → NCHW (out × n).
+#[allow(clippy::too_many_arguments)]
 pub fn neck(
     x: &[f32],
     (gh, gw): (usize, usize),

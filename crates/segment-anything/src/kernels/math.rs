@@ -683,6 +683,7 @@ pub fn transpose_add(
         assert!((cols - 1) * ld + rows <= a.len());
     }
     let addv = |j: usize, i: usize| add.map_or(0.0, |(a, ld)| a[j * ld + i]);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let (mut rb, mut cb) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -710,9 +711,10 @@ pub fn transpose_add(
 pub fn row_dots(rows: &[f32], c: usize, h: &[f32], kn: usize, out: &mut [f32]) {
     let n_rows = rows.len() / c;
     assert!(h.len() >= kn * c && out.len() >= n_rows * kn);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut i0 = 0;
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && c % 8 == 0 {
+    if has_avx2() && c.is_multiple_of(8) {
         // SAFETY: AVX2 + FMA available; blocks of 8 full rows within the bounds checked above.
         unsafe { avx::row_dots8(rows, c, h, kn, out, n_rows / 8) };
         i0 = n_rows / 8 * 8;
@@ -767,7 +769,7 @@ pub fn softmax_interleaved(row: &mut [f32], t: usize, h: usize) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && h % 8 == 0 {
+    if has_avx2() && h.is_multiple_of(8) {
         // SAFETY: AVX2 + FMA available; length checked above.
         return unsafe { avx::softmax_interleaved(row, t, h) };
     }
@@ -786,36 +788,14 @@ pub fn softmax_interleaved(row: &mut [f32], t: usize, h: usize) {
     }
 }
 
-/// Softmax over each group of `t` consecutive values of `row` (one group per attention head).
-pub fn softmax_groups(row: &mut [f32], t: usize) {
-    if t == 0 {
-        return;
-    }
-    let groups = row.len() / t;
-    let mut maxes = [0f32; 64];
-    if groups > maxes.len() || t < 4 {
-        row.chunks_exact_mut(t).for_each(softmax_row);
-        return;
-    }
-    for (g, grp) in row.chunks_exact_mut(t).enumerate() {
-        let m = grp.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        maxes[g] = m;
-        grp.iter_mut().for_each(|v| *v -= m);
-    }
-    exp_inplace(row);
-    for grp in row.chunks_exact_mut(t) {
-        let inv = 1.0 / grp.iter().sum::<f32>();
-        grp.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
 /// In-place LayerNorm of every row of length `w.len()`.
 pub fn layer_norm_rows_inplace(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let c = w.len();
     assert!(b.len() == c);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut rest: &mut [f32] = x;
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && c % 8 == 0 {
+    if has_avx2() && c.is_multiple_of(8) {
         let mut blocks = rest.chunks_exact_mut(8 * c);
         for blk in &mut blocks {
             // SAFETY: AVX2 + FMA available; 8 rows of c values, c a multiple of 8, w and b of length c.

@@ -178,6 +178,7 @@ pub enum Par {
 const PAR_MIN_WORK: usize = 1 << 21;
 
 /// `C (m×n) = A (m×k) · B (k×n)`, or `C += A·B` when `accumulate`.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
     n: usize,
@@ -224,7 +225,11 @@ pub fn gemm(
         let mut r0 = 0;
         while r0 < m {
             let rows = per.min(m - r0);
-            let take = if r0 + rows < m { rows * c.rs } else { rest.len() };
+            let take = if r0 + rows < m {
+                rows * c.rs
+            } else {
+                rest.len()
+            };
             let (head, tail) = rest.split_at_mut(take);
             parts.push((r0, rows, head));
             rest = tail;
