@@ -9,6 +9,19 @@ use crate::kernels::decoder::HostNorm;
 use crate::kernels::HostLinear;
 use crate::weights::Weights;
 
+/// The transpose of a matrix, contiguous (a blocked transpose for CPU f32 tensors, much faster than a strided
+/// copy for the large weights transposed at load time).
+pub fn transpose_2d(m: &Tensor) -> Result<Tensor> {
+    let (r, c) = m.dims2()?;
+    if m.device().is_cpu() && m.dtype() == candle_core::DType::F32 && m.is_contiguous() {
+        let src = crate::kernels::F32Read::new(m)?;
+        let mut dst = vec![0f32; r * c];
+        crate::kernels::math::transpose(src.as_slice(), c, &mut dst, r, r, c);
+        return Ok(Tensor::from_vec(dst, (c, r), m.device())?);
+    }
+    Ok(m.t()?.contiguous()?)
+}
+
 /// `y = x Wᵀ + b` over the last dimension; `x` (..., in) → (..., out).
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -32,7 +45,7 @@ impl Linear {
     /// From a weight (out, in) and optional bias (out).
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
+            weight_t: transpose_2d(&weight)?,
             bias,
         })
     }
@@ -54,7 +67,7 @@ impl Linear {
 
     /// A copy on host memory (for the CPU kernels).
     pub fn host(&self) -> Result<HostLinear> {
-        HostLinear::new(&self.weight_t.t()?, self.bias.as_ref())
+        HostLinear::from_transposed(&self.weight_t, self.bias.as_ref())
     }
 
     /// Apply to `x` (..., in).

@@ -453,3 +453,182 @@ fn encoder_kernels_match_generic_path() {
     cfg.std = vec![60.0];
     check_encoder(&cfg, 1, (128, 128), 8);
 }
+
+fn naive_matmul(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for l in 0..k {
+            for j in 0..n {
+                c[i * n + j] += a[i * k + l] as f64 * b[l * n + j] as f64;
+            }
+        }
+    }
+    c
+}
+
+#[test]
+fn direct_and_packed_products_match_naive() {
+    use segment_anything::kernels::direct::{
+        gemm_direct, gemm_packed, gemm_packed_bias, gemm_packed_cols, PackedB,
+    };
+    let mut rng = StdRng::seed_from_u64(9);
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (6, 16, 8),
+        (7, 56, 256),
+        (13, 33, 17),
+        (48, 196, 64),
+        (5, 8, 3),
+        (20, 100, 0),
+    ] {
+        let a = rand_vec(&mut rng, m * k, 1.0);
+        let b = rand_vec(&mut rng, k * n, 1.0);
+        let bias = rand_vec(&mut rng, n, 1.0);
+        let want = naive_matmul(&a, &b, m, n, k);
+        let close = |got: &[f32], ld: usize, add_bias: bool, acc: Option<&[f32]>| {
+            for i in 0..m {
+                for j in 0..n {
+                    let mut w = want[i * n + j];
+                    if add_bias {
+                        w += bias[j] as f64;
+                    }
+                    if let Some(c0) = acc {
+                        w += c0[i * ld + j] as f64;
+                    }
+                    let g = got[i * ld + j] as f64;
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{m}×{n}×{k} ({i}, {j}): {g} vs {w}"
+                    );
+                }
+            }
+        };
+        // Unpacked B, C with a wider row stride.
+        let ldc = n + 3;
+        let c0 = rand_vec(&mut rng, m * ldc, 1.0);
+        for accumulate in [false, true] {
+            let mut c = c0.clone();
+            gemm_direct(m, n, k, &a, k, 1, &b, n, &mut c, ldc, accumulate);
+            close(&c, ldc, false, accumulate.then_some(&c0[..]));
+        }
+        // Column-major A.
+        let mut at = vec![0f32; m * k];
+        for i in 0..m {
+            for l in 0..k {
+                at[l * m + i] = a[i * k + l];
+            }
+        }
+        let mut c = c0.clone();
+        gemm_direct(m, n, k, &at, 1, m.max(1), &b, n, &mut c, ldc, false);
+        close(&c, ldc, false, None);
+        // Packed B (from rows, and from its transpose), with and without bias.
+        let mut bt = vec![0f32; n * k];
+        for l in 0..k {
+            for j in 0..n {
+                bt[j * k + l] = b[l * n + j];
+            }
+        }
+        for pb in [
+            PackedB::new(&b, k, n, n, 1),
+            PackedB::new(&bt, k, n, 1, k.max(1)),
+            PackedB::from_fn(k, n, |l, j| b[l * n + j]),
+        ] {
+            let mut c = c0.clone();
+            gemm_packed(m, &a, k, 1, &pb, &mut c, ldc, false);
+            close(&c, ldc, false, None);
+            let mut c = c0.clone();
+            gemm_packed(m, &a, k, 1, &pb, &mut c, ldc, true);
+            close(&c, ldc, false, Some(&c0));
+            let mut c = c0.clone();
+            gemm_packed_bias(m, &a, k, 1, &pb, Some(&bias), &mut c, ldc, false);
+            close(&c, ldc, true, None);
+            if n > 16 {
+                // Columns 16.. of the product, alone.
+                let w = n - 16;
+                let mut c = vec![0f32; m * w];
+                gemm_packed_cols(m, &a, k, 1, &pb, 16, w, Some(&bias), &mut c, w);
+                for i in 0..m {
+                    for j in 0..w {
+                        let e = want[i * n + 16 + j] + bias[16 + j] as f64;
+                        assert!((c[i * w + j] as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn transposes_row_dots_and_row_kernels_match_plain_versions() {
+    let mut rng = StdRng::seed_from_u64(10);
+    for &(r, c) in &[(1, 1), (8, 8), (13, 29), (64, 256), (256, 7)] {
+        let src = rand_vec(&mut rng, r * (c + 2), 1.0);
+        let add = rand_vec(&mut rng, c * (r + 1), 1.0);
+        let mut dst = vec![0f32; c * (r + 1)];
+        math::transpose_add(&src, c + 2, &mut dst, r + 1, r, c, Some((&add, r + 1)));
+        let mut dst0 = vec![0f32; c * (r + 1)];
+        math::transpose(&src, c + 2, &mut dst0, r + 1, r, c);
+        let row = rand_vec(&mut rng, r, 1.0);
+        let mut dst1 = vec![0f32; c * r];
+        math::transpose_add(&src, c + 2, &mut dst1, r, r, c, Some((&row, 0)));
+        for i in 0..r {
+            for j in 0..c {
+                let v = src[i * (c + 2) + j];
+                assert_eq!(dst0[j * (r + 1) + i], v);
+                assert_eq!(dst[j * (r + 1) + i], v + add[j * (r + 1) + i]);
+                assert_eq!(dst1[j * r + i], v + row[i]);
+            }
+        }
+    }
+    // Dot products of rows with a few vectors.
+    for &(n, c, kn) in &[(8, 32, 3), (19, 32, 1), (16, 24, 4), (5, 7, 2)] {
+        let rows = rand_vec(&mut rng, n * c, 1.0);
+        let h = rand_vec(&mut rng, kn * c, 1.0);
+        let mut out = vec![0f32; n * kn];
+        math::row_dots(&rows, c, &h, kn, &mut out);
+        for i in 0..n {
+            for k in 0..kn {
+                let w: f64 = (0..c)
+                    .map(|j| rows[i * c + j] as f64 * h[k * c + j] as f64)
+                    .sum();
+                assert!((out[i * kn + k] as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()));
+            }
+        }
+    }
+    // LayerNorm of many rows (8 at a time when the width allows) equals the one-row version.
+    for &(n, c) in &[(21, 64), (3, 256), (9, 20)] {
+        let x = rand_vec(&mut rng, n * c, 3.0);
+        let w = rand_vec(&mut rng, c, 1.0);
+        let b = rand_vec(&mut rng, c, 1.0);
+        let mut y = x.clone();
+        math::layer_norm_rows_inplace(&mut y, &w, &b, 1e-6);
+        for i in 0..n {
+            let mut one = vec![0f32; c];
+            math::layer_norm_row(&x[i * c..(i + 1) * c], &mut one, &w, &b, 1e-6);
+            for j in 0..c {
+                assert!((one[j] - y[i * c + j]).abs() <= 2e-6 * (1.0 + one[j].abs()));
+            }
+        }
+    }
+    // Softmax variants against the one-row softmax.
+    for &(t, h) in &[(7, 8), (5, 16), (6, 3)] {
+        let x = rand_vec(&mut rng, t * h, 5.0);
+        let mut y = x.clone();
+        math::softmax_interleaved(&mut y, t, h);
+        for j in 0..h {
+            let mut g: Vec<f32> = (0..t).map(|i| x[i * h + j]).collect();
+            math::softmax_row(&mut g);
+            for i in 0..t {
+                assert!((g[i] - y[i * h + j]).abs() <= 1e-6);
+            }
+        }
+    }
+    let x = rand_vec(&mut rng, 4099, 8.0);
+    let mut p = x.clone();
+    math::softmax_row(&mut p);
+    let mut u = x.clone();
+    let s = math::softmax_unnormalized(&mut u);
+    for (a, b) in p.iter().zip(&u) {
+        assert!((a - b / s).abs() <= 1e-7 + 1e-6 * a);
+    }
+}

@@ -22,6 +22,12 @@ pub struct PackedB {
 impl PackedB {
     /// Pack `B` (k × n), element (l, j) at `b[l·rs + j·cs]`.
     pub fn new(b: &[f32], k: usize, n: usize, rs: usize, cs: usize) -> Self {
+        if cs == 1 {
+            return Self::from_rows(k, n, b, rs, Some, None);
+        }
+        if rs == 1 {
+            return Self::from_cols(k, n, b, cs, Some, None);
+        }
         let panels = n.div_ceil(16);
         let mut data = vec![0f32; panels * k * 16];
         for p in 0..panels {

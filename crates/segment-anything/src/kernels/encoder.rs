@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use super::direct::{gemm_packed, PackedB};
-use super::math::{bias_gelu_rows, layer_norm_row, softmax_row};
+use super::math::{bias_gelu_rows, layer_norm_row, softmax_unnormalized};
 use super::{gemm, with_scratch, Mat, MatMut, Par};
 
 /// Rows per task of the row-parallel element-wise passes.
@@ -181,10 +181,16 @@ fn attend(
         }
         gemm_packed(nq, qs, hd, 1, kt, s, nk, false);
         add_rel_pos(s, q, ldq, nq, rel.0, rel.1, rel.2, coords);
-        for row in s.chunks_exact_mut(nk) {
-            softmax_row(row);
-        }
-        gemm_packed(nq, s, nk, 1, v, out, ldo, false);
+        // Softmax with its normalisation applied to the (head_dim-wide) output rows instead of the scores.
+        with_scratch([nq], |[inv]| {
+            for (f, row) in inv.iter_mut().zip(s.chunks_exact_mut(nk)) {
+                *f = 1.0 / softmax_unnormalized(row);
+            }
+            gemm_packed(nq, s, nk, 1, v, out, ldo, false);
+            for (i, &f) in inv.iter().enumerate() {
+                out[i * ldo..i * ldo + hd].iter_mut().for_each(|x| *x *= f);
+            }
+        });
     });
 }
 

@@ -253,6 +253,24 @@ mod avx {
     /// Softmax of one row in place: exp(x − max) · (1 / Σ).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_row(x: &mut [f32]) {
+        let sum = softmax_unnormalized(x);
+        let n = x.len();
+        let inv = _mm256_set1_ps(1.0 / sum);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), inv);
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), v);
+            i += 8;
+        }
+        let inv = 1.0 / sum;
+        for v in &mut x[i..] {
+            *v *= inv;
+        }
+    }
+
+    /// `x = exp(x − max)` in place; returns Σ.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_unnormalized(x: &mut [f32]) -> f32 {
         let n = x.len();
         let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
         let mut i = 0;
@@ -284,17 +302,7 @@ mod avx {
                 sum += v;
             }
         }
-        let inv = _mm256_set1_ps(1.0 / sum);
-        let mut i = 0;
-        while i + 8 <= n {
-            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), inv);
-            _mm256_storeu_ps(x.as_mut_ptr().add(i), v);
-            i += 8;
-        }
-        let inv = 1.0 / sum;
-        for v in &mut x[i..] {
-            *v *= inv;
-        }
+        sum
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -640,6 +648,25 @@ pub fn softmax_row(x: &mut [f32]) {
     }
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `x = exp(x − max(x))` in place (a softmax without the final normalisation); returns the sum.
+pub fn softmax_unnormalized(x: &mut [f32]) -> f32 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are available.
+        return unsafe { avx::softmax_unnormalized(x) };
+    }
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = exp_scalar(*v - m);
+        sum += *v;
+    }
+    sum
 }
 
 /// LayerNorm of one row: two passes (mean, then variance of the centred values), `(x − mean)·rstd·w + b`.

@@ -325,14 +325,15 @@ pub struct HostLinear {
 impl HostLinear {
     /// From a weight (out, in) and an optional bias (out).
     pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        let (n_out, n_in) = weight.dims2()?;
-        let w = to_vec(weight)?;
-        let mut w_t = vec![0f32; n_in * n_out];
-        for o in 0..n_out {
-            for i in 0..n_in {
-                w_t[i * n_out + o] = w[o * n_in + i];
-            }
-        }
+        Self::from_transposed(&weight.t()?.contiguous()?, bias)
+    }
+
+    /// From a transposed weight (in, out) and an optional bias (out).
+    pub fn from_transposed(weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let (n_in, n_out) = weight_t.dims2()?;
+        let w_t = to_vec(weight_t)?;
+        let mut w = vec![0f32; n_in * n_out];
+        math::transpose(&w_t, n_out, &mut w, n_in, n_in, n_out);
         let b = match bias {
             Some(b) => to_vec(b)?,
             None => vec![0f32; n_out],
