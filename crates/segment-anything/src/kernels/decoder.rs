@@ -13,8 +13,10 @@
 //!   probabilities;
 //! * the image-to-token attention of one layer, the residual and LayerNorm, and the token-to-image scores of
 //!   the next layer run in one pass per row chunk, while the rows are in cache;
+//! * the final token-to-image attention is computed only for the tokens that are read afterwards (the IoU
+//!   token and the requested mask tokens);
 //! * the output upscaling (two 2×2 transposed convolutions with LayerNorm and GELU) and the hypernetwork
-//!   products run fused per chunk of rows.
+//!   products run fused per chunk of rows, only for the requested mask tokens.
 //!
 //! Image-side work is shared by all prompt sets where the keys are shared (first layer, one image embedding,
 //! no mask prompt): the products for all sets are then single matrix products.
