@@ -7,7 +7,9 @@ use candle_core::{DType, IndexOp, Tensor};
 
 use crate::config::SamConfig;
 use crate::error::{Error, Result};
-use crate::kernels::decoder::{DecoderInputs, Dense, HostAttention, HostDecoder, HostTwoWayBlock};
+use crate::kernels::decoder::{
+    DecoderInputs, Dense, HostAttention, HostDecoder, HostTwoWayBlock, Layer0Key,
+};
 use crate::kernels::direct::PackedB;
 use crate::kernels::F32Read;
 use crate::layers::{ConvTranspose2x2, LayerNorm, Linear, Mlp, MlpBlock};
@@ -310,6 +312,7 @@ impl MaskDecoder {
                 .collect::<Result<Vec<_>>>()?,
             iou_head: host_mlp(&self.iou_head)?,
             pool: Default::default(),
+            layer0: Default::default(),
         })
     }
 
@@ -428,6 +431,64 @@ impl MaskDecoder {
         tokens: &[usize],
     ) -> Result<(Tensor, Tensor)> {
         let host = self.host.as_ref().expect("host weights");
+        let (b, _, gh, gw) = self.check_inputs(image_embeddings, image_pe, sparse, dense)?;
+        let out = self.with_host_inputs(image_embeddings, image_pe, sparse, dense, |inputs| {
+            host.forward(inputs, tokens)
+        })?;
+        let k = tokens.len();
+        let device = image_embeddings.device();
+        Ok((
+            Tensor::from_vec(out.masks, (b, k, 4 * gh, 4 * gw), device)?,
+            Tensor::from_vec(out.iou, (b, k), device)?,
+        ))
+    }
+
+    /// Compute now what later decodes of this embedding can reuse (the prompt-independent image side of the
+    /// first two-way layer, for prompts without a mask), instead of at the second decode.
+    ///
+    /// * `image_embeddings`: (1, D, gh, gw); `image_pe`: (gh, gw, D); `dense`: (1, gh, gw, D), the no-mask
+    ///   dense embedding (a broadcast vector).
+    ///
+    /// A no-op on devices other than the CPU. Decodes that reuse it must pass the same `image_embeddings` and
+    /// `image_pe` tensors (the cache is keyed on the tensors, which are immutable, and on the dense vector).
+    pub fn prepare(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        dense: &Tensor,
+    ) -> Result<()> {
+        let Some(host) = self.host.as_ref() else {
+            return Ok(());
+        };
+        if !image_embeddings.device().is_cpu() {
+            return Ok(());
+        }
+        let sparse = Tensor::zeros(
+            (1, 0, self.embed_dim),
+            DType::F32,
+            image_embeddings.device(),
+        )?;
+        self.check_inputs(image_embeddings, image_pe, &sparse, dense)?;
+        self.with_host_inputs(image_embeddings, image_pe, &sparse, dense, |inputs| {
+            host.prepare(inputs)
+        })
+    }
+
+    /// How many embeddings have their first-layer image side cached (for tests).
+    #[doc(hidden)]
+    pub fn layer0_cached(&self) -> usize {
+        self.host.as_ref().map_or(0, |h| h.layer0_cached())
+    }
+
+    /// Host views of checked decoder inputs, passed to `f`.
+    fn with_host_inputs<R>(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+        f: impl FnOnce(&DecoderInputs<'_>) -> R,
+    ) -> Result<R> {
         let d = self.embed_dim;
         let (b, eb, gh, gw) = self.check_inputs(image_embeddings, image_pe, sparse, dense)?;
         let emb = image_embeddings.to_dtype(DType::F32)?.contiguous()?;
@@ -456,6 +517,18 @@ impl MaskDecoder {
             None if dense_vec.len() == d => Dense::Shared(&dense_vec),
             None => Dense::PerSet(&dense_vec),
         };
+        // One embedding and one dense vector for all sets: the first layer's image side can be reused. Variables
+        // can change in place, so they are never cached.
+        let layer0_key = (eb == 1
+            && dense_vec.len() == d
+            && !image_embeddings.is_variable()
+            && !image_pe.is_variable())
+        .then(|| Layer0Key {
+            embedding: image_embeddings.id(),
+            pe: image_pe.id(),
+            dense: dense_vec.iter().map(|v| v.to_bits()).collect(),
+            grid: (gh, gw),
+        });
         let emb_r = F32Read::new(&emb)?;
         let pe_r = F32Read::new(&pe)?;
         let sparse_r = F32Read::new(&sparse)?;
@@ -468,14 +541,9 @@ impl MaskDecoder {
             batch: b,
             n_sparse: sparse.dim(1)?,
             dense: dense_kind,
+            layer0_key,
         };
-        let out = host.forward(&inputs, tokens);
-        let k = tokens.len();
-        let device = image_embeddings.device();
-        Ok((
-            Tensor::from_vec(out.masks, (b, k, 4 * gh, 4 * gw), device)?,
-            Tensor::from_vec(out.iou, (b, k), device)?,
-        ))
+        Ok(f(&inputs))
     }
 
     /// [`MaskDecoder::predict_masks`] with plain candle operations.

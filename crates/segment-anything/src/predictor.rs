@@ -295,6 +295,7 @@ impl SamPredictor {
         let resizer = self.resizer_for((height, width));
         let input = self.preprocess(pixels, &resizer)?;
         let embedding = self.model.encode_images(&input)?;
+        self.model.prepare_decoder(&embedding)?;
         self.state = Some(ImageEmbedding {
             model_name: self.model.config().name.clone(),
             embedding,
@@ -390,6 +391,7 @@ impl SamPredictor {
             embedding: embedding.embedding.to_device(self.model.device())?,
             ..embedding
         };
+        self.model.prepare_decoder(&embedding.embedding)?;
         self.state = Some(embedding);
         Ok(())
     }
@@ -568,25 +570,42 @@ impl SamPredictor {
         let (n, k, mh, mw) = low.dims4()?;
         let resizer = self.resizer_for(state.original_size);
         let (h0, w0) = state.original_size;
-        let up = resize::postprocess_masks(
-            &low.flatten_all()?.to_vec1::<f32>()?,
-            n * k,
-            mh,
-            mw,
-            resizer.dst_size(),
-            state.input_size,
-            state.original_size,
-        );
+        let low = low.to_dtype(DType::F32)?.flatten_all()?;
+        // Read host logits in place; copy them from other devices.
+        let reader = if low.device().is_cpu() {
+            Some(crate::kernels::F32Read::new(&low)?)
+        } else {
+            None
+        };
+        let owned = match reader {
+            Some(_) => Vec::new(),
+            None => low.to_vec1::<f32>()?,
+        };
+        let low = reader.as_ref().map_or(&owned[..], |r| r.as_slice());
         let dev = self.model.device();
         Ok(if return_logits {
+            let up = resize::try_postprocess_masks(
+                low,
+                n * k,
+                mh,
+                mw,
+                resizer.dst_size(),
+                state.input_size,
+                state.original_size,
+            )?;
             Tensor::from_vec(up, (n, k, h0, w0), dev)?
         } else {
-            let t = self.model.mask_threshold();
-            Tensor::from_vec(
-                up.iter().map(|&v| u8::from(v > t)).collect::<Vec<u8>>(),
-                (n, k, h0, w0),
-                dev,
-            )?
+            let up = resize::try_postprocess_masks_binary(
+                low,
+                n * k,
+                mh,
+                mw,
+                resizer.dst_size(),
+                state.input_size,
+                state.original_size,
+                self.model.mask_threshold(),
+            )?;
+            Tensor::from_vec(up, (n, k, h0, w0), dev)?
         })
     }
 

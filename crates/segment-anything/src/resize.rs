@@ -383,28 +383,78 @@ fn interpolate_taps(
     rows: &AxisTaps,
     cols: &AxisTaps,
 ) -> Vec<f32> {
+    let mut out = vec![0f32; planes * rows.len() * cols.len()];
+    interpolate_taps_into(src, planes, in_h, in_w, rows, cols, &mut out, lerp_rows);
+    out
+}
+
+/// As [`interpolate_taps`], thresholded: 1 where the interpolated value is `> threshold`, else 0.
+fn interpolate_taps_threshold(
+    src: &[f32],
+    planes: usize,
+    in_h: usize,
+    in_w: usize,
+    rows: &AxisTaps,
+    cols: &AxisTaps,
+    threshold: f32,
+) -> Vec<u8> {
+    let mut out = vec![0u8; planes * rows.len() * cols.len()];
+    let out_w = cols.len();
+    interpolate_taps_into(
+        src,
+        planes,
+        in_h,
+        in_w,
+        rows,
+        cols,
+        &mut out,
+        |fma, t0, t1, h0, h1, o| {
+            crate::kernels::with_scratch([out_w], |[row]| {
+                lerp_rows(fma, t0, t1, h0, h1, row);
+                for (b, &v) in o.iter_mut().zip(row.iter()) {
+                    *b = u8::from(v > threshold);
+                }
+            })
+        },
+    );
+    out
+}
+
+/// The separable bilinear of [`interpolate_taps`] into `out` (planes × rows × cols); `emit(fma, t0, t1, h0, h1,
+/// out_row)` writes one output row from its two width-interpolated source rows.
+#[allow(clippy::too_many_arguments)]
+fn interpolate_taps_into<T: Send>(
+    src: &[f32],
+    planes: usize,
+    in_h: usize,
+    in_w: usize,
+    rows: &AxisTaps,
+    cols: &AxisTaps,
+    out: &mut [T],
+    emit: impl Fn(bool, &[f32], &[f32], f32, f32, &mut [T]) + Sync,
+) {
     let (out_h, out_w) = (rows.len(), cols.len());
-    let mut out = vec![0f32; planes * out_h * out_w];
     if out.is_empty() {
-        return out;
+        return;
     }
     // Rows of each input plane that are read.
     let used_h = rows.extent();
-    let mut tmp = vec![0f32; planes * used_h * out_w];
     let fma = has_hardware_fma();
-    tmp.par_chunks_mut(out_w).enumerate().for_each(|(r, t)| {
-        let (p, y) = (r / used_h, r % used_h);
-        let line = &src[(p * in_h + y) * in_w..(p * in_h + y + 1) * in_w];
-        lerp_gather(fma, line, cols, t);
-    });
-    out.par_chunks_mut(out_w).enumerate().for_each(|(r, o)| {
-        let (p, i) = (r / out_h, r % out_h);
-        let base = p * used_h;
-        let t0 = &tmp[(base + rows.i0[i]) * out_w..(base + rows.i0[i] + 1) * out_w];
-        let t1 = &tmp[(base + rows.i1[i]) * out_w..(base + rows.i1[i] + 1) * out_w];
-        lerp_rows(fma, t0, t1, rows.w0[i], rows.w1[i], o);
-    });
-    out
+    crate::kernels::with_scratch([planes * used_h * out_w], |[tmp]| {
+        tmp.par_chunks_mut(out_w).enumerate().for_each(|(r, t)| {
+            let (p, y) = (r / used_h, r % used_h);
+            let line = &src[(p * in_h + y) * in_w..(p * in_h + y + 1) * in_w];
+            lerp_gather(fma, line, cols, t);
+        });
+        let tmp = &*tmp;
+        out.par_chunks_mut(out_w).enumerate().for_each(|(r, o)| {
+            let (p, i) = (r / out_h, r % out_h);
+            let base = p * used_h;
+            let t0 = &tmp[(base + rows.i0[i]) * out_w..(base + rows.i0[i] + 1) * out_w];
+            let t1 = &tmp[(base + rows.i1[i]) * out_w..(base + rows.i1[i] + 1) * out_w];
+            emit(fma, t0, t1, rows.w0[i], rows.w1[i], o);
+        });
+    })
 }
 
 // PyTorch's kernel is compiled with FMA contraction: `a * w0 + b * w1` is evaluated as `fma(a, w0, b * w1)`.
@@ -557,10 +607,78 @@ pub fn try_postprocess_masks(
     resized_size: (usize, usize),
     original_size: (usize, usize),
 ) -> Result<Vec<f32>> {
-    check_planes(low_res, planes, mask_h, mask_w)?;
+    check_postprocess(low_res, planes, mask_h, mask_w, input_size, resized_size)?;
     let (ph, pw) = input_size;
     let (rh, rw) = resized_size;
     let (h0, w0) = original_size;
+    if volume("original_size", planes, h0, w0)? == 0 {
+        return Ok(Vec::new());
+    }
+    // Intermediate buffers.
+    volume("resized_size", planes, rh, rw)?;
+    volume("original_size", planes, rh, w0)?;
+    volume("resized_size", planes, mask_h, rw)?;
+    // Upsampling to (ph, pw) then cropping to (rh, rw) equals computing the first rh rows / rw columns only.
+    let rows = AxisTaps::torch(mask_h, ph, rh);
+    let cols = AxisTaps::torch(mask_w, pw, rw);
+    let cropped = interpolate_taps(low_res, planes, mask_h, mask_w, &rows, &cols);
+    if (rh, rw) == (h0, w0) {
+        // PyTorch copies a resize to the same size.
+        return Ok(cropped);
+    }
+    let rows = AxisTaps::torch(rh, h0, h0);
+    let cols = AxisTaps::torch(rw, w0, w0);
+    Ok(interpolate_taps(&cropped, planes, rh, rw, &rows, &cols))
+}
+
+/// [`try_postprocess_masks`] thresholded at `threshold` (`> threshold` is 1, else 0): binary masks
+/// `(planes, h0, w0)` computed without keeping the logits at the original size. Same validation and errors.
+#[allow(clippy::too_many_arguments)]
+pub fn try_postprocess_masks_binary(
+    low_res: &[f32],
+    planes: usize,
+    mask_h: usize,
+    mask_w: usize,
+    input_size: (usize, usize),
+    resized_size: (usize, usize),
+    original_size: (usize, usize),
+    threshold: f32,
+) -> Result<Vec<u8>> {
+    check_postprocess(low_res, planes, mask_h, mask_w, input_size, resized_size)?;
+    let (ph, pw) = input_size;
+    let (rh, rw) = resized_size;
+    let (h0, w0) = original_size;
+    if volume("original_size", planes, h0, w0)? == 0 {
+        return Ok(Vec::new());
+    }
+    volume("resized_size", planes, rh, rw)?;
+    let rows = AxisTaps::torch(mask_h, ph, rh);
+    let cols = AxisTaps::torch(mask_w, pw, rw);
+    if (rh, rw) == (h0, w0) {
+        return Ok(interpolate_taps_threshold(
+            low_res, planes, mask_h, mask_w, &rows, &cols, threshold,
+        ));
+    }
+    let cropped = interpolate_taps(low_res, planes, mask_h, mask_w, &rows, &cols);
+    let rows = AxisTaps::torch(rh, h0, h0);
+    let cols = AxisTaps::torch(rw, w0, w0);
+    Ok(interpolate_taps_threshold(
+        &cropped, planes, rh, rw, &rows, &cols, threshold,
+    ))
+}
+
+/// The size checks shared by the mask post-processing functions.
+fn check_postprocess(
+    low_res: &[f32],
+    planes: usize,
+    mask_h: usize,
+    mask_w: usize,
+    input_size: (usize, usize),
+    resized_size: (usize, usize),
+) -> Result<()> {
+    check_planes(low_res, planes, mask_h, mask_w)?;
+    let (ph, pw) = input_size;
+    let (rh, rw) = resized_size;
     if mask_h == 0 || mask_w == 0 || ph == 0 || pw == 0 || rh == 0 || rw == 0 {
         return Err(Error::arg(
             "size",
@@ -573,20 +691,7 @@ pub fn try_postprocess_masks(
             format!("resized size {rh}×{rw} is larger than the input size {ph}×{pw}"),
         ));
     }
-    if volume("original_size", planes, h0, w0)? == 0 {
-        return Ok(Vec::new());
-    }
-    // Intermediate buffers.
-    volume("resized_size", planes, rh, rw)?;
-    volume("original_size", planes, rh, w0)?;
-    volume("resized_size", planes, mask_h, rw)?;
-    // Upsampling to (ph, pw) then cropping to (rh, rw) equals computing the first rh rows / rw columns only.
-    let rows = AxisTaps::torch(mask_h, ph, rh);
-    let cols = AxisTaps::torch(mask_w, pw, rw);
-    let cropped = interpolate_taps(low_res, planes, mask_h, mask_w, &rows, &cols);
-    let rows = AxisTaps::torch(rh, h0, h0);
-    let cols = AxisTaps::torch(rw, w0, w0);
-    Ok(interpolate_taps(&cropped, planes, rh, rw, &rows, &cols))
+    Ok(())
 }
 
 /// The official `Sam.postprocess_masks`: bilinearly upsample mask logits `(planes, mask_h, mask_w)` to the padded

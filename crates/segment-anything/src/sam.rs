@@ -199,6 +199,23 @@ impl Sam {
             .forward(image_embeddings, &pe, &sparse, &dense, multimask_output)
     }
 
+    /// Compute now what later [`Sam::decode`] calls on this embedding (1, D, gh, gw) can reuse: the
+    /// prompt-independent image side of the decoder's first layer, for prompts without a mask. Optional — the
+    /// second decode of the same tensor computes it anyway; [`crate::SamPredictor`] calls it when an image is set.
+    /// A no-op off the CPU.
+    pub fn prepare_decoder(&self, image_embeddings: &Tensor) -> Result<()> {
+        let (_, _, gh, gw) = image_embeddings.dims4()?;
+        let p = self.config.encoder_patch_size;
+        let (_, dense) = self.prompt_encoder.forward(
+            &Prompts::default(),
+            (gh * p, gw * p),
+            (gh, gw),
+            &self.device,
+        )?;
+        let pe = self.prompt_encoder.dense_pe(gh, gw, &self.device)?;
+        self.mask_decoder.prepare(image_embeddings, &pe, &dense)
+    }
+
     /// The seed's end-to-end call: each image with its own prompt set.
     ///
     /// Images (N, H, W, C) preprocessed; returns masks (N, K, H, W) upsampled bilinearly to the padded input size

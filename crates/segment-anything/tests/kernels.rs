@@ -397,6 +397,81 @@ fn check_decoder(cfg: &SamConfig, seed: u64) {
     assert_eq!(m.dtype(), DType::F32);
 }
 
+/// The first layer's image side is cached per embedding tensor: built on the second decode (or by
+/// `prepare_decoder`), reused afterwards, never applied to another embedding, and it changes no output.
+#[test]
+fn decoder_layer0_cache_matches_generic_path() {
+    let cfg = small_config(256, 8, 320);
+    let dev = Device::Cpu;
+    let sam = Sam::random(&cfg, 11, &dev).unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let [gh, gw] = sam.grid_size();
+    let input = cfg.input_size[0];
+    let d = cfg.embed_dim;
+    let dec = sam.mask_decoder();
+    let pe = sam.prompt_encoder().dense_pe(gh, gw, &dev).unwrap();
+    let check = |emb: &Tensor, prompts: &Prompts, what: &str| {
+        let (sparse, dense) = sam
+            .prompt_encoder()
+            .forward(prompts, (input, input), (gh, gw), &dev)
+            .unwrap();
+        let (m, i) = sam.decode(emb, prompts, true).unwrap();
+        let (mr, ir) = dec
+            .forward_generic(emb, &pe, &sparse, &dense.contiguous().unwrap(), true)
+            .unwrap();
+        let (em, ei) = (rel_err(&m, &mr), rel_err(&i, &ir));
+        println!("layer-0 cache, {what}: masks {em:.2e}, iou {ei:.2e}");
+        assert!(em <= 2e-5 && ei <= 2e-5, "{what}: masks {em}, iou {ei}");
+    };
+    let emb_a = rand_tensor(&mut rng, &[1, d, gh, gw], 0.2);
+    let emb_b = rand_tensor(&mut rng, &[1, d, gh, gw], 0.2);
+    let (p1, l1) = points(1, 2, input, &mut rng);
+    let (p4, l4) = points(4, 1, input, &mut rng);
+    let one = Prompts {
+        points: Some(p1),
+        labels: Some(l1),
+        ..Default::default()
+    };
+    let four = Prompts {
+        points: Some(p4),
+        labels: Some(l4),
+        ..Default::default()
+    };
+    assert_eq!(dec.layer0_cached(), 0);
+    check(&emb_a, &one, "first decode (not cached)");
+    assert_eq!(dec.layer0_cached(), 0);
+    check(&emb_a, &one, "second decode (builds the cache)");
+    assert_eq!(dec.layer0_cached(), 1);
+    check(&emb_a, &four, "4 prompt sets from the cache");
+    // Another embedding: not served from the first one's cache.
+    check(&emb_b, &one, "another embedding");
+    assert_eq!(dec.layer0_cached(), 1);
+    sam.prepare_decoder(&emb_b).unwrap();
+    assert_eq!(dec.layer0_cached(), 2);
+    check(&emb_b, &four, "prepared embedding");
+    // A copy with the same values is another tensor; a mask prompt disables the cache.
+    check(&emb_a.copy().unwrap(), &one, "copy of an embedding");
+    // (Random models amplify rounding with mask prompts, so that case is compared bit for bit with the same model
+    // that never saw the embedding.)
+    let masked = Prompts {
+        masks: Some(rand_tensor(&mut rng, &[1, 1, 4 * gh, 4 * gw], 2.0)),
+        ..one.clone()
+    };
+    let fresh = Sam::random(&cfg, 11, &dev).unwrap();
+    let (m, i) = sam.decode(&emb_a, &masked, true).unwrap();
+    let (mf, iff) = fresh.decode(&emb_a, &masked, true).unwrap();
+    assert_eq!(rel_err(&m, &mf), 0.0, "mask prompt");
+    assert_eq!(rel_err(&i, &iff), 0.0, "mask prompt");
+    // Variables can change in place: never cached.
+    let var = candle_core::Var::from_tensor(&emb_b).unwrap();
+    for _ in 0..3 {
+        check(var.as_tensor(), &one, "variable");
+    }
+    var.set(&emb_a).unwrap();
+    check(var.as_tensor(), &one, "variable after set");
+    assert_eq!(dec.layer0_cached(), 2);
+}
+
 #[test]
 fn decoder_kernels_match_generic_path_small() {
     check_decoder(&small_config(64, 4, 256), 3);

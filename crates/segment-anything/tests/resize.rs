@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use segment_anything::resize::{
     interpolate_bilinear, postprocess_masks, resize_bilinear_u8, resized_size,
-    try_interpolate_bilinear, ImageResizer, Layout,
+    try_interpolate_bilinear, try_postprocess_masks_binary, ImageResizer, Layout,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -377,6 +377,60 @@ fn torch_bilinear_interpolate() {
 }
 
 #[test]
+fn postprocess_masks_at_the_resized_size() {
+    // An image whose long side is the input size: the second resize is an identity (PyTorch copies it).
+    let (mh, mw, planes) = (256, 256, 3);
+    let logits: Vec<f32> = (0..planes * mh * mw)
+        .map(|i| ((i * 7919) % 1013) as f32 / 101.3 - 5.0)
+        .collect();
+    for (h0, w0) in [(683, 1024), (1024, 1024), (1024, 7)] {
+        let input = (1024, 1024);
+        let resized = resized_size(h0, w0, 1024);
+        assert_eq!(resized, (h0, w0));
+        let out = postprocess_masks(&logits, planes, mh, mw, input, resized, (h0, w0));
+        let full = interpolate_bilinear(&logits, planes, mh, mw, 1024, 1024);
+        for p in 0..planes {
+            for y in 0..h0 {
+                let a = &full[(p * 1024 + y) * 1024..(p * 1024 + y) * 1024 + w0];
+                let b = &out[(p * h0 + y) * w0..(p * h0 + y + 1) * w0];
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{h0}×{w0}"
+                );
+            }
+        }
+        let bin =
+            try_postprocess_masks_binary(&logits, planes, mh, mw, input, resized, (h0, w0), 0.0)
+                .unwrap();
+        assert!(bin.iter().zip(&out).all(|(&b, &v)| b == u8::from(v > 0.0)));
+        assert!(bin.contains(&1) && bin.contains(&0));
+    }
+    // Invalid sizes are errors, as for the logits.
+    assert!(try_postprocess_masks_binary(
+        &logits,
+        planes,
+        mh,
+        mw,
+        (1024, 1024),
+        (1025, 10),
+        (5, 5),
+        0.0
+    )
+    .is_err());
+    assert!(try_postprocess_masks_binary(
+        &logits[1..],
+        planes,
+        mh,
+        mw,
+        (1024, 1024),
+        (683, 1024),
+        (683, 1024),
+        0.0
+    )
+    .is_err());
+}
+
+#[test]
 fn official_postprocess_masks() {
     let fx = Fixtures::load();
     let logits = fx.planes("postprocess/codes");
@@ -428,6 +482,16 @@ fn official_postprocess_masks() {
             .iter()
             .zip(&out)
             .all(|(&b, &v)| b == if v > 0.0 { 1.0 } else { 0.0 }));
+        // The thresholded post-processing gives the same masks without the full-size logits.
+        for t in [0.0f32, 0.5] {
+            let direct =
+                try_postprocess_masks_binary(&logits, planes, mh, mw, input, resized, (h0, w0), t)
+                    .unwrap();
+            assert!(
+                direct.iter().zip(&out).all(|(&b, &v)| b == u8::from(v > t)),
+                "{name}: binary post-processing at {t}"
+            );
+        }
         let expected_pos = case["positives"].as_u64().unwrap() as usize;
         println!(
             "postprocess {name}: resized {resized:?}: max |diff| {:.3e}, max rel {:.3e}, {}/{} bit-exact, \

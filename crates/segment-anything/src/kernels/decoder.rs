@@ -172,6 +172,8 @@ pub struct HostDecoder {
     pub iou_head: Vec<HostLinear>,
     /// Reused key buffers.
     pub pool: BufferPool,
+    /// First-layer image-side projections of the current embedding.
+    pub layer0: Layer0Cache,
 }
 
 /// Inputs of [`HostDecoder::forward`].
@@ -192,6 +194,9 @@ pub struct DecoderInputs<'a> {
     pub n_sparse: usize,
     /// Dense prompt embeddings.
     pub dense: Dense<'a>,
+    /// Identity of the embedding, positional encoding and dense vector, when one embedding and one dense vector
+    /// are shared by all sets: the first layer's image side is then computed once and reused by later decodes.
+    pub layer0_key: Option<Layer0Key>,
 }
 
 /// Dense prompt embeddings.
@@ -228,6 +233,103 @@ struct I2t {
     c: Vec<f32>,
     /// (heads·T × D) packed.
     u: PackedB,
+    /// With the first layer's image-side queries cached: the token keys per head, scaled by 1/√dh, (heads, dh, T);
+    /// the scores are then the cached queries times these.
+    kt: Option<Vec<f32>>,
+    /// Heads, head dim, tokens.
+    shape: (usize, usize, usize),
+}
+
+impl I2t {
+    /// Columns of the scores (heads·T).
+    fn cols(&self) -> usize {
+        self.u.k()
+    }
+
+    /// Scores (r × heads·T, columns (token, head)) of image-token queries `q` (r × heads·dh) from the cache.
+    fn scores_from_queries(&self, q: &[f32], r: usize, s: &mut [f32]) {
+        let (nh, dh, t) = self.shape;
+        let kt = self.kt.as_deref().expect("cached token keys");
+        let ht = nh * t;
+        with_scratch([r * t], |[tmp]| {
+            for h in 0..nh {
+                gemm_direct(
+                    r,
+                    t,
+                    dh,
+                    &q[h * dh..],
+                    nh * dh,
+                    1,
+                    &kt[h * dh * t..(h + 1) * dh * t],
+                    t,
+                    tmp,
+                    t,
+                    false,
+                );
+                for (srow, trow) in s.chunks_exact_mut(ht).zip(tmp.chunks_exact(t)) {
+                    for (ti, &v) in trow.iter().enumerate() {
+                        srow[ti * nh + h] = v;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// What the first layer's image-side projections depend on: the embedding, the positional encoding, the dense
+/// prompt vector shared by every pixel, and the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer0Key {
+    /// The image-embedding tensor (tensors are immutable; ids are never reused).
+    pub embedding: candle_core::TensorId,
+    /// The dense positional-encoding tensor.
+    pub pe: candle_core::TensorId,
+    /// Bits of the dense prompt vector (D).
+    pub dense: Vec<u32>,
+    /// Grid (gh, gw).
+    pub grid: (usize, usize),
+}
+
+/// The image side of the first two-way layer, which does not depend on the prompts: its keys, the
+/// token-to-image keys and values, and the image-to-token queries.
+struct Layer0 {
+    key: Layer0Key,
+    /// Keys: embedding + dense prompt vector (n × D).
+    x0: Vec<f32>,
+    /// Token-to-image keys `W_k (x0 + pe) + b_k`, transposed (internal × n).
+    k0t: Vec<f32>,
+    /// Token-to-image values `W_v x0 + b_v` (n × internal).
+    v0: Vec<f32>,
+    /// Image-to-token queries `W_q (x0 + pe) + b_q` (n × internal).
+    q0: Vec<f32>,
+}
+
+/// How many embeddings keep their first-layer projections (≈ 10 MB each for D = 256 and a 64×64 grid), and how
+/// many keys decoded once are remembered.
+const LAYER0_CACHE_LEN: usize = 4;
+
+/// The cached first-layer projections of the last few embeddings decoded more than once (or prepared), most
+/// recently used last.
+#[derive(Default)]
+pub struct Layer0Cache(std::sync::Mutex<Layer0Slots>);
+
+#[derive(Default)]
+struct Layer0Slots {
+    /// Keys decoded once, not cached yet.
+    seen: Vec<Layer0Key>,
+    cached: Vec<std::sync::Arc<Layer0>>,
+}
+
+impl Clone for Layer0Cache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Layer0Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Layer0Cache")
+    }
 }
 
 /// Online-softmax partial sums of one chunk (columns = heads·tokens).
@@ -446,6 +548,15 @@ fn keys_from_nchw(x: &mut [f32], e: &[f32], n: usize, d: usize, dense: &[f32], d
         });
 }
 
+/// The dense prompt vector shared by every pixel of every set, if there is one.
+fn shared_dense<'a>(inp: &DecoderInputs<'a>) -> Option<&'a [f32]> {
+    match inp.dense {
+        Dense::Shared(v) => Some(v),
+        Dense::PerSet(v) if inp.batch == 1 => Some(v),
+        _ => None,
+    }
+}
+
 impl HostDecoder {
     fn t2i_prep(&self, attn: &HostAttention, q_in: &[f32], t: usize) -> T2i {
         let d = self.dim;
@@ -509,8 +620,16 @@ impl HostDecoder {
         attn.o.forward(&o, t, Par::Auto)
     }
 
-    /// Image-to-token attention prepared from the tokens; columns ordered (token, head), heads innermost.
-    fn i2t_prep(&self, attn: &HostAttention, queries: &[f32], tokens: &[f32], t: usize) -> I2t {
+    /// Image-to-token attention prepared from the tokens; columns ordered (token, head), heads innermost. With
+    /// `cached`, also the scaled token keys for scores from cached image-side queries.
+    fn i2t_prep(
+        &self,
+        attn: &HostAttention,
+        queries: &[f32],
+        tokens: &[f32],
+        t: usize,
+        cached: bool,
+    ) -> I2t {
         let d = self.dim;
         let di = attn.internal();
         let dh = attn.head_dim();
@@ -558,7 +677,174 @@ impl HostDecoder {
         g.iter_mut().for_each(|v| *v /= scale);
         let gt = PackedB::new(&g, d, nh * t, 1, d);
         let u = PackedB::new(&u, nh * t, d, d, 1);
-        I2t { g, gt, c, u }
+        let kt = cached.then(|| {
+            let mut kt = vec![0f32; nh * dh * t];
+            for h in 0..nh {
+                for c in 0..dh {
+                    for ti in 0..t {
+                        kt[(h * dh + c) * t + ti] = k[ti * di + h * dh + c] / scale;
+                    }
+                }
+            }
+            kt
+        });
+        I2t {
+            g,
+            gt,
+            c,
+            u,
+            kt,
+            shape: (nh, dh, t),
+        }
+    }
+
+    /// The first layer's token-to-image attention from cached keys and values, for every set: `q_in` per set
+    /// (T × D, queries + their positional encodings) → attention output per set (T × D).
+    fn t2i_cached(
+        &self,
+        attn: &HostAttention,
+        q_in: &[Vec<f32>],
+        t: usize,
+        l0: &Layer0,
+    ) -> Vec<Vec<f32>> {
+        let di = attn.internal();
+        let dh = attn.head_dim();
+        let nh = attn.heads;
+        let n = l0.v0.len() / di;
+        let scale = (dh as f32).sqrt();
+        let qs: Vec<Vec<f32>> = q_in
+            .iter()
+            .map(|q| attn.q.forward(q, t, Par::Auto))
+            .collect();
+        // One task per (set, head): scores against all image tokens, softmax, weighted values.
+        let heads: Vec<Vec<f32>> = (0..qs.len() * nh)
+            .into_par_iter()
+            .map(|task| {
+                let (b, h) = (task / nh, task % nh);
+                with_scratch([t * n], |[s]| {
+                    gemm_direct(
+                        t,
+                        n,
+                        dh,
+                        &qs[b][h * dh..],
+                        di,
+                        1,
+                        &l0.k0t[h * dh * n..(h + 1) * dh * n],
+                        n,
+                        s,
+                        n,
+                        false,
+                    );
+                    for row in s.chunks_exact_mut(n) {
+                        row.iter_mut().for_each(|v| *v /= scale);
+                        softmax_row(row);
+                    }
+                    let mut oh = vec![0f32; t * dh];
+                    gemm_direct(t, dh, n, s, n, 1, &l0.v0[h * dh..], di, &mut oh, dh, false);
+                    oh
+                })
+            })
+            .collect();
+        (0..qs.len())
+            .map(|b| {
+                let mut o = vec![0f32; t * di];
+                for h in 0..nh {
+                    for (ti, src) in heads[b * nh + h].chunks_exact(dh).enumerate() {
+                        o[ti * di + h * dh..ti * di + (h + 1) * dh].copy_from_slice(src);
+                    }
+                }
+                attn.o.forward(&o, t, Par::Auto)
+            })
+            .collect()
+    }
+
+    /// The cached first-layer image side for `key`: reused when it is the cached one, computed when `key` was
+    /// seen before (a second decode of the same embedding) or `build` is set, else `None` (and `key` is noted).
+    fn layer0_for(
+        &self,
+        key: &Layer0Key,
+        inp: &DecoderInputs<'_>,
+        dense: &[f32],
+        build: bool,
+    ) -> Option<std::sync::Arc<Layer0>> {
+        if self.layers.is_empty() {
+            return None;
+        }
+        {
+            let mut slots = self.layer0.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = slots.cached.iter().position(|c| c.key == *key) {
+                let c = slots.cached.remove(i);
+                slots.cached.push(c.clone());
+                return Some(c);
+            }
+            match slots.seen.iter().position(|k| k == key) {
+                Some(i) => {
+                    slots.seen.remove(i);
+                }
+                None if !build => {
+                    if slots.seen.len() >= LAYER0_CACHE_LEN {
+                        slots.seen.remove(0);
+                    }
+                    slots.seen.push(key.clone());
+                    return None;
+                }
+                None => {}
+            }
+        }
+        let l0 = std::sync::Arc::new(self.build_layer0(key.clone(), inp, dense));
+        let mut slots = self.layer0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.cached.len() >= LAYER0_CACHE_LEN {
+            slots.cached.remove(0);
+        }
+        slots.cached.push(l0.clone());
+        Some(l0)
+    }
+
+    fn build_layer0(&self, key: Layer0Key, inp: &DecoderInputs<'_>, dense: &[f32]) -> Layer0 {
+        let d = self.dim;
+        let (gh, gw) = inp.grid;
+        let n = gh * gw;
+        let mut x0 = vec![0f32; n * d];
+        keys_from_nchw(&mut x0, &inp.embeddings[..d * n], n, d, dense, 0);
+        let mut xpe = vec![0f32; n * d];
+        xpe.par_chunks_mut(CHUNK_ROWS * d)
+            .zip(x0.par_chunks(CHUNK_ROWS * d))
+            .zip(inp.pe.par_chunks(CHUNK_ROWS * d))
+            .for_each(|((o, x), p)| add_into(o, x, p));
+        let blk = &self.layers[0];
+        let k0 = blk.t2i.k.forward(&xpe, n, Par::Auto);
+        let v0 = blk.t2i.v.forward(&x0, n, Par::Auto);
+        let q0 = blk.i2t.q.forward(&xpe, n, Par::Auto);
+        let di = blk.t2i.internal();
+        let mut k0t = vec![0f32; di * n];
+        super::math::transpose(&k0, di, &mut k0t, n, n, di);
+        Layer0 {
+            key,
+            x0,
+            k0t,
+            v0,
+            q0,
+        }
+    }
+
+    /// Number of embeddings whose first-layer image side is cached.
+    pub fn layer0_cached(&self) -> usize {
+        self.layer0
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cached
+            .len()
+    }
+
+    /// Compute and keep the first layer's image side for these inputs now (when they allow it), so that the
+    /// next decodes of the same embedding start from it.
+    pub fn prepare(&self, inp: &DecoderInputs<'_>) {
+        if let (Some(key), Some(dense)) = (&inp.layer0_key, shared_dense(inp)) {
+            if inp.n_embeddings == 1 {
+                self.layer0_for(key, inp, dense, true);
+            }
+        }
     }
 
     /// The token-side part of a block before its token-to-image attention: self-attention and norm1.
@@ -594,11 +880,13 @@ impl HostDecoder {
     /// * `i2t`: image-to-token attention (+ residual + norm) applied to the keys first;
     /// * `t2i`: token-to-image attention scores on the (new) keys; returns the weighted key sums per set
     ///   (heads·tokens × D).
+    #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
         n: usize,
         pe: &[f32],
         shared: Option<&[f32]>,
+        q0: Option<&[f32]>,
         mut sets: Vec<&mut [f32]>,
         i2t: Option<I2tArgs<'_>>,
         t2i: &[T2i],
@@ -614,7 +902,9 @@ impl HostDecoder {
             }
         }
         // With shared keys, the first scores of all sets are one product: stack their matrices.
-        let g_all: Option<(PackedB, Vec<f32>)> = shared.map(|_| {
+        // (With cached image-side queries `q0`, the image-to-token scores come from those instead.)
+        let q0 = q0.filter(|_| i2t.is_some());
+        let g_all: Option<(PackedB, Vec<f32>)> = shared.filter(|_| q0.is_none()).map(|_| {
             let gs: Vec<(&[f32], &[f32])> = match i2t {
                 Some((p, ..)) => p.iter().map(|p| (&p.g[..], &p.c[..])).collect(),
                 None => t2i.iter().map(|p| (&p.g[..], &p.c[..])).collect(),
@@ -632,6 +922,27 @@ impl HostDecoder {
                 let r = CHUNK_ROWS.min(n - r0);
                 let pe_c = &pe[r0 * d..(r0 + r) * d];
                 match shared {
+                    Some(xs) if q0.is_some() => {
+                        let x = &xs[r0 * d..(r0 + r) * d];
+                        let (ps, ..) = i2t.expect("image-to-token attention");
+                        let q0 = q0.expect("cached queries");
+                        let dq = q0.len() / n;
+                        let q0c = &q0[r0 * dq..(r0 + r) * dq];
+                        let max_cols = ps.iter().map(I2t::cols).max().unwrap_or(0);
+                        with_scratch([r * d, r * max_cols], |[xpe2, s]| {
+                            (0..b)
+                                .map(|si| {
+                                    let p = &ps[si];
+                                    let ht = p.cols();
+                                    let s = &mut s[..r * ht];
+                                    p.scores_from_queries(q0c, r, s);
+                                    let out = &mut *bufs[si];
+                                    ctx.i2t_apply(x, s, ht, 0, r, p, out, pe_c, xpe2);
+                                    ctx.t2i_partial_xpe(out, xpe2, r, &t2i[si])
+                                })
+                                .collect()
+                        })
+                    }
                     Some(xs) => {
                         let x = &xs[r0 * d..(r0 + r) * d];
                         let (ga, ca) = g_all.as_ref().unwrap();
@@ -724,20 +1035,20 @@ impl HostDecoder {
 
         // Initial keys: embedding (channels last) + dense prompt embedding; shared by all sets when possible.
         let emb = |e: usize| &inp.embeddings[e * d * n..(e + 1) * d * n];
-        let shared_dense = match inp.dense {
-            Dense::Shared(v) => Some(v),
-            Dense::PerSet(v) if bsz == 1 => Some(&v[..d]),
+        let shared_dense = shared_dense(inp);
+        let l0 = match (&inp.layer0_key, shared_dense) {
+            (Some(key), Some(dv)) if inp.n_embeddings == 1 => self.layer0_for(key, inp, dv, false),
             _ => None,
         };
         let mut shared_keys: Option<Vec<f32>> = match shared_dense {
-            Some(dv) if inp.n_embeddings == 1 => {
+            Some(dv) if inp.n_embeddings == 1 && l0.is_none() => {
                 let mut x = self.pool.take(n * d);
                 keys_from_nchw(&mut x, emb(0), n, d, dv, 0);
                 Some(x)
             }
             _ => None,
         };
-        let mut keys: Vec<Vec<f32>> = if shared_keys.is_some() {
+        let mut keys: Vec<Vec<f32>> = if shared_keys.is_some() || l0.is_some() {
             Vec::new()
         } else {
             (0..bsz)
@@ -763,6 +1074,8 @@ impl HostDecoder {
             .chain(mask_tokens.iter().map(|&i| 1 + i))
             .collect();
         let n_layers = self.layers.len();
+        // Whether the keys are still the shared initial keys (before the first image-to-token attention).
+        let mut shared_live = shared_keys.is_some() || l0.is_some();
         let mut pending_i2t: Option<(Vec<I2t>, usize)> = None;
         for li in 0..=n_layers {
             // Token side up to the token-to-image attention of layer li (or the final attention).
@@ -775,7 +1088,7 @@ impl HostDecoder {
                 Some(_) => (0..t).collect(),
                 None => final_rows.clone(),
             };
-            let t2i: Vec<T2i> = (0..bsz)
+            let q_ins: Vec<Vec<f32>> = (0..bsz)
                 .map(|b| {
                     if let Some(blk) = blk {
                         self.self_attention(blk, &mut queries[b], &tokens[b], t);
@@ -785,34 +1098,58 @@ impl HostDecoder {
                     for &r in &rows {
                         q_in.extend((0..d).map(|c| qb[r * d + c] + tb[r * d + c]));
                     }
-                    self.t2i_prep(attn, &q_in, rows.len())
+                    q_in
                 })
                 .collect();
-            let i2t_info = pending_i2t.take();
-            let i2t_args = i2t_info.as_ref().map(|(ps, pli)| {
-                let blk = &self.layers[*pli];
-                (&ps[..], &blk.i2t, &blk.norm4, t)
-            });
-            let z = match (i2t_args, shared_keys.is_some()) {
-                (None, true) => {
-                    self.pass(n, inp.pe, shared_keys.as_deref(), Vec::new(), None, &t2i)
-                }
-                (Some(args), true) => {
-                    keys = (0..bsz).map(|_| self.pool.take(n * d)).collect();
-                    let bufs: Vec<&mut [f32]> = keys.iter_mut().map(|k| &mut k[..]).collect();
-                    let z = self.pass(n, inp.pe, shared_keys.as_deref(), bufs, Some(args), &t2i);
-                    self.pool.give(shared_keys.take());
-                    z
-                }
-                (args, false) => {
-                    let bufs: Vec<&mut [f32]> = keys.iter_mut().map(|k| &mut k[..]).collect();
-                    self.pass(n, inp.pe, None, bufs, args, &t2i)
+            let outs: Vec<Vec<f32>> = match (&l0, li) {
+                // The first layer's keys and values are cached: no pass over the image tokens.
+                (Some(l0), 0) => self.t2i_cached(attn, &q_ins, t, l0),
+                _ => {
+                    let t2i: Vec<T2i> = q_ins
+                        .iter()
+                        .map(|q_in| self.t2i_prep(attn, q_in, rows.len()))
+                        .collect();
+                    let i2t_info = pending_i2t.take();
+                    let i2t_args = i2t_info.as_ref().map(|(ps, pli)| {
+                        let blk = &self.layers[*pli];
+                        (&ps[..], &blk.i2t, &blk.norm4, t)
+                    });
+                    // Shared keys: the cached first-layer keys, or the pooled initial keys.
+                    let shared: Option<&[f32]> = match (&shared_keys, &l0) {
+                        (Some(k), _) => Some(&k[..]),
+                        (None, Some(c)) if shared_live => Some(&c.x0[..]),
+                        _ => None,
+                    };
+                    let q0 = l0.as_ref().filter(|_| shared_live).map(|c| &c.q0[..]);
+                    let z = match (i2t_args, shared) {
+                        (None, Some(_)) => {
+                            self.pass(n, inp.pe, shared, None, Vec::new(), None, &t2i)
+                        }
+                        (Some(args), Some(_)) => {
+                            keys = (0..bsz).map(|_| self.pool.take(n * d)).collect();
+                            let bufs: Vec<&mut [f32]> =
+                                keys.iter_mut().map(|k| &mut k[..]).collect();
+                            let z = self.pass(n, inp.pe, shared, q0, bufs, Some(args), &t2i);
+                            shared_live = false;
+                            z
+                        }
+                        (args, None) => {
+                            let bufs: Vec<&mut [f32]> =
+                                keys.iter_mut().map(|k| &mut k[..]).collect();
+                            self.pass(n, inp.pe, None, None, bufs, args, &t2i)
+                        }
+                    };
+                    if !shared_live {
+                        self.pool.give(shared_keys.take());
+                    }
+                    z.iter()
+                        .map(|z| self.t2i_finish(attn, z, rows.len()))
+                        .collect()
                 }
             };
-            for b in 0..bsz {
-                let out = self.t2i_finish(attn, &z[b], rows.len());
+            for (b, out) in outs.iter().enumerate() {
                 match blk {
-                    Some(blk) => self.after_t2i(blk, &mut queries[b], &out, t),
+                    Some(blk) => self.after_t2i(blk, &mut queries[b], out, t),
                     None => {
                         for (i, &r) in rows.iter().enumerate() {
                             let q = &mut queries[b][r * d..(r + 1) * d];
@@ -826,7 +1163,10 @@ impl HostDecoder {
             }
             if let Some(blk) = blk {
                 let ps = (0..bsz)
-                    .map(|b| self.i2t_prep(&blk.i2t, &queries[b], &tokens[b], t))
+                    .map(|b| {
+                        let cached = li == 0 && l0.is_some();
+                        self.i2t_prep(&blk.i2t, &queries[b], &tokens[b], t, cached)
+                    })
                     .collect();
                 pending_i2t = Some((ps, li));
             }
