@@ -125,8 +125,27 @@ pub fn load_safetensors(path: &Path, device: &Device) -> Result<StateDict> {
     let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| io_err(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&mmap)
         .map_err(|e| ckpt_err(path, format!("not a valid safetensors file: {e}")))?;
-    let mut sd = StateDict::new(path.display().to_string());
-    for (name, view) in st.iter() {
+    // Tensors are copied out of the map in parallel: the copies and the page faults of their fresh buffers are
+    // most of the time a load takes.
+    use rayon::prelude::*;
+    let views: Vec<_> = st.iter().collect();
+    let tensors = views
+        .into_par_iter()
+        .map(|(name, view)| {
+            tensor_from_view(path, name, &view, device).map(|t| (name.to_string(), t))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(StateDict::from_tensors(path.display().to_string(), tensors))
+}
+
+/// One safetensors tensor as a candle tensor on `device` (copied).
+fn tensor_from_view(
+    path: &Path,
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+    device: &Device,
+) -> Result<Tensor> {
+    {
         use safetensors::Dtype as S;
         let shape = view.shape();
         let data = view.data();
@@ -149,9 +168,8 @@ pub fn load_safetensors(path: &Path, device: &Device) -> Result<StateDict> {
             }
         }
         .map_err(|e| ckpt_err(path, format!("tensor `{name}` (shape {shape:?}): {e}")))?;
-        sd.insert(name.to_string(), tensor);
+        Ok(tensor)
     }
-    Ok(sd)
 }
 
 fn widen_i8(data: &[u8]) -> Vec<u8> {

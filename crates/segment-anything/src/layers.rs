@@ -14,9 +14,20 @@ use crate::weights::Weights;
 pub fn transpose_2d(m: &Tensor) -> Result<Tensor> {
     let (r, c) = m.dims2()?;
     if m.device().is_cpu() && m.dtype() == candle_core::DType::F32 && m.is_contiguous() {
+        use rayon::prelude::*;
         let src = crate::kernels::F32Read::new(m)?;
+        let src = src.as_slice();
         let mut dst = vec![0f32; r * c];
-        crate::kernels::math::transpose(src.as_slice(), c, &mut dst, r, r, c);
+        // Blocks of destination rows (source columns) in parallel: the copy, and the page faults of the fresh
+        // destination, are shared by all cores (this is most of a model load).
+        const ROWS: usize = 64;
+        dst.par_chunks_mut(ROWS * r.max(1))
+            .enumerate()
+            .for_each(|(bi, chunk)| {
+                let j0 = bi * ROWS;
+                let cols = chunk.len() / r.max(1);
+                crate::kernels::math::transpose(&src[j0..], c, chunk, r, r, cols);
+            });
         return Ok(Tensor::from_vec(dst, (c, r), m.device())?);
     }
     Ok(m.t()?.contiguous()?)

@@ -12,6 +12,7 @@ pub mod io;
 pub mod kernels;
 pub mod layers;
 pub mod mask_decoder;
+pub mod memory;
 pub mod predictor;
 pub mod prompt_encoder;
 pub mod resize;

@@ -621,14 +621,25 @@ pub fn try_postprocess_masks(
     // Upsampling to (ph, pw) then cropping to (rh, rw) equals computing the first rh rows / rw columns only.
     let rows = AxisTaps::torch(mask_h, ph, rh);
     let cols = AxisTaps::torch(mask_w, pw, rw);
-    let cropped = interpolate_taps(low_res, planes, mask_h, mask_w, &rows, &cols);
     if (rh, rw) == (h0, w0) {
         // PyTorch copies a resize to the same size.
-        return Ok(cropped);
+        return Ok(interpolate_taps(
+            low_res, planes, mask_h, mask_w, &rows, &cols,
+        ));
     }
-    let rows = AxisTaps::torch(rh, h0, h0);
-    let cols = AxisTaps::torch(rw, w0, w0);
-    Ok(interpolate_taps(&cropped, planes, rh, rw, &rows, &cols))
+    let rows2 = AxisTaps::torch(rh, h0, h0);
+    let cols2 = AxisTaps::torch(rw, w0, w0);
+    let mut out = vec![0f32; planes * h0 * w0];
+    let stages = TwoStages {
+        rows1: &rows,
+        cols1: &cols,
+        rows2: &rows2,
+        cols2: &cols2,
+    };
+    stages.run(low_res, planes, mask_h, mask_w, &mut out, |row, o| {
+        o.copy_from_slice(row)
+    });
+    Ok(out)
 }
 
 /// [`try_postprocess_masks`] thresholded at `threshold` (`> threshold` is 1, else 0): binary masks
@@ -659,12 +670,79 @@ pub fn try_postprocess_masks_binary(
             low_res, planes, mask_h, mask_w, &rows, &cols, threshold,
         ));
     }
-    let cropped = interpolate_taps(low_res, planes, mask_h, mask_w, &rows, &cols);
-    let rows = AxisTaps::torch(rh, h0, h0);
-    let cols = AxisTaps::torch(rw, w0, w0);
-    Ok(interpolate_taps_threshold(
-        &cropped, planes, rh, rw, &rows, &cols, threshold,
-    ))
+    let rows2 = AxisTaps::torch(rh, h0, h0);
+    let cols2 = AxisTaps::torch(rw, w0, w0);
+    let mut out = vec![0u8; planes * h0 * w0];
+    let stages = TwoStages {
+        rows1: &rows,
+        cols1: &cols,
+        rows2: &rows2,
+        cols2: &cols2,
+    };
+    stages.run(low_res, planes, mask_h, mask_w, &mut out, |row, o| {
+        for (b, &v) in o.iter_mut().zip(row) {
+            *b = u8::from(v > threshold);
+        }
+    });
+    Ok(out)
+}
+
+/// Two chained separable bilinear resizes — `rows1`/`cols1` from the source planes, then `rows2`/`cols2` from
+/// that result — computed row by row without storing the intermediate image. Every value is computed with the
+/// same operations as [`interpolate_taps`] applied twice (intermediate rows read by two output rows are
+/// recomputed, which changes no bit).
+struct TwoStages<'a> {
+    rows1: &'a AxisTaps,
+    cols1: &'a AxisTaps,
+    rows2: &'a AxisTaps,
+    cols2: &'a AxisTaps,
+}
+
+impl TwoStages<'_> {
+    /// `src` (planes, in_h, in_w) → `out` (planes, rows2, cols2); `emit(row, out_row)` writes each final row.
+    fn run<T: Send>(
+        &self,
+        src: &[f32],
+        planes: usize,
+        in_h: usize,
+        in_w: usize,
+        out: &mut [T],
+        emit: impl Fn(&[f32], &mut [T]) + Sync,
+    ) {
+        let (mid_w, out_h, out_w) = (self.cols1.len(), self.rows2.len(), self.cols2.len());
+        if out.is_empty() {
+            return;
+        }
+        let used_h = self.rows1.extent();
+        let fma = has_hardware_fma();
+        let (rows1, cols2, rows2) = (self.rows1, self.cols2, self.rows2);
+        crate::kernels::with_scratch([planes * used_h * mid_w], |[tmp]| {
+            // The source rows interpolated along the width once.
+            tmp.par_chunks_mut(mid_w).enumerate().for_each(|(r, t)| {
+                let (p, y) = (r / used_h, r % used_h);
+                let line = &src[(p * in_h + y) * in_w..(p * in_h + y + 1) * in_w];
+                lerp_gather(fma, line, self.cols1, t);
+            });
+            let tmp = &*tmp;
+            out.par_chunks_mut(out_w).enumerate().for_each(|(r, o)| {
+                let (p, i) = (r / out_h, r % out_h);
+                let base = p * used_h;
+                let mid_row = |y: usize, dst: &mut [f32]| {
+                    let t0 = &tmp[(base + rows1.i0[y]) * mid_w..(base + rows1.i0[y] + 1) * mid_w];
+                    let t1 = &tmp[(base + rows1.i1[y]) * mid_w..(base + rows1.i1[y] + 1) * mid_w];
+                    lerp_rows(fma, t0, t1, rows1.w0[y], rows1.w1[y], dst);
+                };
+                crate::kernels::with_scratch([mid_w, out_w, out_w, out_w], |[mid, g0, g1, row]| {
+                    mid_row(rows2.i0[i], mid);
+                    lerp_gather(fma, mid, cols2, g0);
+                    mid_row(rows2.i1[i], mid);
+                    lerp_gather(fma, mid, cols2, g1);
+                    lerp_rows(fma, g0, g1, rows2.w0[i], rows2.w1[i], row);
+                    emit(row, o);
+                })
+            });
+        })
+    }
 }
 
 /// The size checks shared by the mask post-processing functions.

@@ -120,7 +120,12 @@ impl Sam {
             }
             (None, Err(e)) => return Err(e),
         };
-        Self::from_state_dict(&config, &sd, device)
+        let sam = Self::from_state_dict(&config, &sd, device)?;
+        // The checkpoint's tensors were copied into the model's layout: hand their memory back to the system
+        // (glibc would keep it in its heap, counted as the process's memory).
+        drop(sd);
+        crate::memory::release_free_memory();
+        Ok(sam)
     }
 
     fn build(config: &SamConfig, w: &Weights, device: &Device) -> Result<Self> {

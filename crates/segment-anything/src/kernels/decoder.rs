@@ -20,6 +20,13 @@
 //!
 //! Image-side work is shared by all prompt sets where the keys are shared (first layer, one image embedding,
 //! no mask prompt): the products for all sets are then single matrix products.
+//!
+//! The first layer's image side does not depend on the prompts at all (keys = embedding + the no-mask vector):
+//! its token-to-image keys and values and its image-to-token queries are projected once per embedding and
+//! cached ([`Layer0Cache`], keyed on the embedding and positional-encoding tensors), so later decodes of the same
+//! embedding score the prompt tokens against them directly (dh values per head instead of D). The cache is
+//! filled on the second decode of an embedding, or at once by `Sam::prepare_decoder` (the predictor calls it
+//! when an image is set).
 
 use rayon::prelude::*;
 
