@@ -388,38 +388,6 @@ fn interpolate_taps(
     out
 }
 
-/// As [`interpolate_taps`], thresholded: 1 where the interpolated value is `> threshold`, else 0.
-fn interpolate_taps_threshold(
-    src: &[f32],
-    planes: usize,
-    in_h: usize,
-    in_w: usize,
-    rows: &AxisTaps,
-    cols: &AxisTaps,
-    threshold: f32,
-) -> Vec<u8> {
-    let mut out = vec![0u8; planes * rows.len() * cols.len()];
-    let out_w = cols.len();
-    interpolate_taps_into(
-        src,
-        planes,
-        in_h,
-        in_w,
-        rows,
-        cols,
-        &mut out,
-        |fma, t0, t1, h0, h1, o| {
-            crate::kernels::with_scratch([out_w], |[row]| {
-                lerp_rows(fma, t0, t1, h0, h1, row);
-                for (b, &v) in o.iter_mut().zip(row.iter()) {
-                    *b = u8::from(v > threshold);
-                }
-            })
-        },
-    );
-    out
-}
-
 /// The separable bilinear of [`interpolate_taps`] into `out` (planes × rows × cols); `emit(fma, t0, t1, h0, h1,
 /// out_row)` writes one output row from its two width-interpolated source rows.
 #[allow(clippy::too_many_arguments)]
@@ -607,39 +575,13 @@ pub fn try_postprocess_masks(
     resized_size: (usize, usize),
     original_size: (usize, usize),
 ) -> Result<Vec<f32>> {
-    check_postprocess(low_res, planes, mask_h, mask_w, input_size, resized_size)?;
-    let (ph, pw) = input_size;
-    let (rh, rw) = resized_size;
-    let (h0, w0) = original_size;
-    if volume("original_size", planes, h0, w0)? == 0 {
-        return Ok(Vec::new());
-    }
-    // Intermediate buffers.
-    volume("resized_size", planes, rh, rw)?;
-    volume("original_size", planes, rh, w0)?;
-    volume("resized_size", planes, mask_h, rw)?;
-    // Upsampling to (ph, pw) then cropping to (rh, rw) equals computing the first rh rows / rw columns only.
-    let rows = AxisTaps::torch(mask_h, ph, rh);
-    let cols = AxisTaps::torch(mask_w, pw, rw);
-    if (rh, rw) == (h0, w0) {
-        // PyTorch copies a resize to the same size.
-        return Ok(interpolate_taps(
-            low_res, planes, mask_h, mask_w, &rows, &cols,
-        ));
-    }
-    let rows2 = AxisTaps::torch(rh, h0, h0);
-    let cols2 = AxisTaps::torch(rw, w0, w0);
-    let mut out = vec![0f32; planes * h0 * w0];
-    let stages = TwoStages {
-        rows1: &rows,
-        cols1: &cols,
-        rows2: &rows2,
-        cols2: &cols2,
+    let sizes = PostprocessSizes {
+        mask: (mask_h, mask_w),
+        input: input_size,
+        resized: resized_size,
+        original: original_size,
     };
-    stages.run(low_res, planes, mask_h, mask_w, &mut out, |row, o| {
-        o.copy_from_slice(row)
-    });
-    Ok(out)
+    sizes.run(low_res, planes, |row, o| o.copy_from_slice(row))
 }
 
 /// [`try_postprocess_masks`] thresholded at `threshold` (`> threshold` is 1, else 0): binary masks
@@ -655,36 +597,91 @@ pub fn try_postprocess_masks_binary(
     original_size: (usize, usize),
     threshold: f32,
 ) -> Result<Vec<u8>> {
-    check_postprocess(low_res, planes, mask_h, mask_w, input_size, resized_size)?;
-    let (ph, pw) = input_size;
-    let (rh, rw) = resized_size;
-    let (h0, w0) = original_size;
-    if volume("original_size", planes, h0, w0)? == 0 {
-        return Ok(Vec::new());
-    }
-    volume("resized_size", planes, rh, rw)?;
-    let rows = AxisTaps::torch(mask_h, ph, rh);
-    let cols = AxisTaps::torch(mask_w, pw, rw);
-    if (rh, rw) == (h0, w0) {
-        return Ok(interpolate_taps_threshold(
-            low_res, planes, mask_h, mask_w, &rows, &cols, threshold,
-        ));
-    }
-    let rows2 = AxisTaps::torch(rh, h0, h0);
-    let cols2 = AxisTaps::torch(rw, w0, w0);
-    let mut out = vec![0u8; planes * h0 * w0];
-    let stages = TwoStages {
-        rows1: &rows,
-        cols1: &cols,
-        rows2: &rows2,
-        cols2: &cols2,
+    let sizes = PostprocessSizes {
+        mask: (mask_h, mask_w),
+        input: input_size,
+        resized: resized_size,
+        original: original_size,
     };
-    stages.run(low_res, planes, mask_h, mask_w, &mut out, |row, o| {
+    sizes.run(low_res, planes, |row, o| {
         for (b, &v) in o.iter_mut().zip(row) {
             *b = u8::from(v > threshold);
         }
-    });
-    Ok(out)
+    })
+}
+
+/// The sizes of the official mask post-processing: low-res masks → padded input (cropped to the resized image)
+/// → original image.
+struct PostprocessSizes {
+    mask: (usize, usize),
+    input: (usize, usize),
+    resized: (usize, usize),
+    original: (usize, usize),
+}
+
+impl PostprocessSizes {
+    /// Check the sizes, then compute every output row with the official arithmetic; `emit(row, out_row)` turns
+    /// a row of logits at the original size into the output's element type.
+    fn run<T: Copy + Default + Send>(
+        &self,
+        low_res: &[f32],
+        planes: usize,
+        emit: impl Fn(&[f32], &mut [T]) + Sync,
+    ) -> Result<Vec<T>> {
+        let ((mask_h, mask_w), (ph, pw), (rh, rw), (h0, w0)) =
+            (self.mask, self.input, self.resized, self.original);
+        check_planes(low_res, planes, mask_h, mask_w)?;
+        if mask_h == 0 || mask_w == 0 || ph == 0 || pw == 0 || rh == 0 || rw == 0 {
+            return Err(Error::arg(
+                "size",
+                format!("empty size: masks {mask_h}×{mask_w}, input {ph}×{pw}, resized {rh}×{rw}"),
+            ));
+        }
+        if rh > ph || rw > pw {
+            return Err(Error::arg(
+                "resized_size",
+                format!("resized size {rh}×{rw} is larger than the input size {ph}×{pw}"),
+            ));
+        }
+        if volume("original_size", planes, h0, w0)? == 0 {
+            return Ok(Vec::new());
+        }
+        // Intermediate buffer: the width-interpolated low-res rows.
+        volume("resized_size", planes, mask_h, rw)?;
+        let mut out = vec![T::default(); planes * h0 * w0];
+        // Upsampling to (ph, pw) then cropping to (rh, rw) equals computing the first rh rows / rw columns only.
+        let rows = AxisTaps::torch(mask_h, ph, rh);
+        let cols = AxisTaps::torch(mask_w, pw, rw);
+        if (rh, rw) == (h0, w0) {
+            // PyTorch copies a resize to the same size: one resize.
+            interpolate_taps_into(
+                low_res,
+                planes,
+                mask_h,
+                mask_w,
+                &rows,
+                &cols,
+                &mut out,
+                |fma, t0, t1, h0, h1, o| {
+                    crate::kernels::with_scratch([t0.len()], |[row]| {
+                        lerp_rows(fma, t0, t1, h0, h1, row);
+                        emit(row, o);
+                    })
+                },
+            );
+        } else {
+            let rows2 = AxisTaps::torch(rh, h0, h0);
+            let cols2 = AxisTaps::torch(rw, w0, w0);
+            let stages = TwoStages {
+                rows1: &rows,
+                cols1: &cols,
+                rows2: &rows2,
+                cols2: &cols2,
+            };
+            stages.run(low_res, planes, mask_h, mask_w, &mut out, emit);
+        }
+        Ok(out)
+    }
 }
 
 /// Two chained separable bilinear resizes — `rows1`/`cols1` from the source planes, then `rows2`/`cols2` from
@@ -743,33 +740,6 @@ impl TwoStages<'_> {
             });
         })
     }
-}
-
-/// The size checks shared by the mask post-processing functions.
-fn check_postprocess(
-    low_res: &[f32],
-    planes: usize,
-    mask_h: usize,
-    mask_w: usize,
-    input_size: (usize, usize),
-    resized_size: (usize, usize),
-) -> Result<()> {
-    check_planes(low_res, planes, mask_h, mask_w)?;
-    let (ph, pw) = input_size;
-    let (rh, rw) = resized_size;
-    if mask_h == 0 || mask_w == 0 || ph == 0 || pw == 0 || rh == 0 || rw == 0 {
-        return Err(Error::arg(
-            "size",
-            format!("empty size: masks {mask_h}×{mask_w}, input {ph}×{pw}, resized {rh}×{rw}"),
-        ));
-    }
-    if rh > ph || rw > pw {
-        return Err(Error::arg(
-            "resized_size",
-            format!("resized size {rh}×{rw} is larger than the input size {ph}×{pw}"),
-        ));
-    }
-    Ok(())
 }
 
 /// The official `Sam.postprocess_masks`: bilinearly upsample mask logits `(planes, mask_h, mask_w)` to the padded
