@@ -27,6 +27,11 @@
 //! embedding score the prompt tokens against them directly (dh values per head instead of D). The cache is
 //! filled on the second decode of an embedding, or at once by `Sam::prepare_decoder` (the predictor calls it
 //! when an image is set).
+//!
+//! With that cache, the first output upscaling is folded through the image-to-token attentions ([`Fold`]): the
+//! final keys are the cached embedding plus low-rank attention updates under two LayerNorms, so the transposed
+//! convolution of the embedding part is cached too and only a product with ~119 per-token coefficients (instead
+//! of D = 256 channels) remains per decode.
 
 use rayon::prelude::*;
 
@@ -240,6 +245,8 @@ struct I2t {
     c: Vec<f32>,
     /// (heads·T × D) packed.
     u: PackedB,
+    /// The same, unpacked (rows (token, head)).
+    u_rows: Vec<f32>,
     /// With the first layer's image-side queries cached: the token keys per head, scaled by 1/√dh, (heads, dh, T);
     /// the scores are then the cached queries times these.
     kt: Option<Vec<f32>>,
@@ -309,6 +316,8 @@ struct Layer0 {
     v0: Vec<f32>,
     /// Image-to-token queries `W_q (x0 + pe) + b_q` (n × internal).
     q0: Vec<f32>,
+    /// The prompt-independent part of the first output upscaling, `(x0 ⊙ Γ₀) · W_up1` (n × 4·C1); see [`Fold`].
+    xt: Vec<f32>,
 }
 
 /// How many embeddings keep their first-layer projections (≈ 10 MB each for D = 256 and a 64×64 grid), and how
@@ -446,6 +455,63 @@ type I2tArgs<'a> = (&'a [I2t], &'a HostAttention, &'a HostNorm, usize);
 struct PassCtx<'a> {
     d: usize,
     i2t: Option<I2tArgs<'a>>,
+    /// Where the image-to-token attention is recorded for the folded upscaling: (first column, row stride).
+    rec: (usize, usize),
+}
+
+/// Per set, the rows (n × stride) where a pass records, for each image token, what the folded first upscaling
+/// needs from this layer's image-to-token attention (see [`Fold`]), from column `col`.
+struct Record<'a> {
+    bufs: Vec<&'a mut [f32]>,
+    col: usize,
+    stride: usize,
+}
+
+/// The first output upscaling folded through the image-to-token attentions (used when the first layer's image
+/// side is cached). The final keys are `k_L`, with `k_0 = x0` and `k_(l+1) = LN_l(k_l + P_l·U_l + b_o,l)` (`P_l`
+/// the attention probabilities of each image token, `U_l` the (heads·T × D) output matrix). With each
+/// LayerNorm written `γ_l ⊙ (y − μ_l)·r_l + β_l`, `Γ_l = γ_l ⊙ … ⊙ γ_(L−1)` and `R_l = r_l ⋯ r_(L−1)` (per token),
+///
+/// `k_L·W = R_0·(x0 ⊙ Γ_0)·W + Σ_l [R_l·P_l·(U_l ⊙ Γ_l)·W + R_l·(b_o,l ⊙ Γ_l)·W − R_l·μ_l·Γ_l·W + R_(l+1)·(β_l ⊙ Γ_(l+1))·W]`,
+///
+/// so the first transposed convolution is `R_0·xt` (cached per embedding) plus one product of per-token
+/// coefficients (Σ_l (heads·T + 3) + 1 columns instead of D) with a per-set matrix.
+struct Fold<'a> {
+    /// `(x0 ⊙ Γ_0)·W` (n × 4·C1).
+    xt: &'a [f32],
+    /// Per set, the recorded coefficients (n × `k`): per layer `P_l`, 1, −μ_l, r_l (scaled by `R` when used).
+    coef: &'a [Vec<f32>],
+    /// Per set, the matrix (`k` × 4·C1), packed.
+    m: Vec<PackedB>,
+    /// Per layer: first column and heads·T.
+    layers: Vec<(usize, usize)>,
+    /// Columns of the coefficients (the last one is the constant 1 of the bias row).
+    k: usize,
+}
+
+impl Fold<'_> {
+    /// The coefficients of tokens `p0..p0 + r` of set `b`, scaled, into `cs` (r × k); `R_0·xt` into `u1`.
+    fn coefficients(&self, b: usize, p0: usize, r: usize, cs: &mut [f32], u1: &mut [f32]) {
+        let k = self.k;
+        let w = self.xt.len() / (self.coef[b].len() / k);
+        cs.copy_from_slice(&self.coef[b][p0 * k..(p0 + r) * k]);
+        for (i, (row, u1row)) in cs
+            .chunks_exact_mut(k)
+            .zip(u1.chunks_exact_mut(w))
+            .enumerate()
+        {
+            let mut big_r = 1f32;
+            for &(col, ht) in self.layers.iter().rev() {
+                let rl = row[col + ht + 2];
+                row[col + ht + 2] = big_r;
+                big_r *= rl;
+                row[col..col + ht + 2].iter_mut().for_each(|v| *v *= big_r);
+            }
+            row[k - 1] = 1.0;
+            let xt = &self.xt[(p0 + i) * w..(p0 + i + 1) * w];
+            u1row.iter_mut().zip(xt).for_each(|(u, x)| *u = big_r * x);
+        }
+    }
 }
 
 impl PassCtx<'_> {
@@ -468,7 +534,9 @@ impl PassCtx<'_> {
     }
 
     /// Image-to-token attention of one set on keys `x` (r × d): scores are columns `col0..col0 + ht` of `s`
-    /// (r × `stride`, bias included); the new keys `LN(x + attn)` go to `out`, and `out + pe_c` to `xpe`.
+    /// (r × `stride`, bias included); the new keys `LN(x + attn)` go to `out`, and `out + pe_c` to `xpe`. With
+    /// `rec` (this chunk's rows of a [`Record`] buffer), each row's probabilities, 1, −mean and rstd of the
+    /// LayerNorm are written there.
     #[allow(clippy::too_many_arguments)]
     fn i2t_apply(
         &self,
@@ -481,9 +549,11 @@ impl PassCtx<'_> {
         out: &mut [f32],
         pe_c: &[f32],
         xpe: &mut [f32],
+        mut rec: Option<&mut [f32]>,
     ) {
         let d = self.d;
         let (_, attn, norm, t) = self.i2t.unwrap();
+        let (rec_col, rec_stride) = self.rec;
         let ht = p.gt.n();
         with_scratch([r * ht, r * d], |[pr, o]| {
             for (dst, src) in pr.chunks_exact_mut(ht).zip(s.chunks_exact(stride)) {
@@ -491,18 +561,26 @@ impl PassCtx<'_> {
                 softmax_interleaved(dst, t, ht / t);
             }
             gemm_packed(r, pr, ht, 1, &p.u, o, d, false);
-            for ((((orow, xrow), dst), prow), qrow) in o
+            for (i, ((((orow, xrow), dst), prow), qrow)) in o
                 .chunks_exact_mut(d)
                 .zip(x.chunks_exact(d))
                 .zip(out.chunks_exact_mut(d))
                 .zip(pe_c.chunks_exact(d))
                 .zip(xpe.chunks_exact_mut(d))
+                .enumerate()
             {
                 for ((ov, xv), bv) in orow.iter_mut().zip(xrow).zip(&attn.o.b) {
                     *ov = xv + (*ov + bv);
                 }
-                layer_norm_row(orow, dst, &norm.w, &norm.b, norm.eps);
+                let (mean, rstd) = layer_norm_row(orow, dst, &norm.w, &norm.b, norm.eps);
                 add_into(qrow, dst, prow);
+                if let Some(rec) = rec.as_deref_mut() {
+                    let row = &mut rec[i * rec_stride + rec_col..][..ht + 3];
+                    row[..ht].copy_from_slice(&pr[i * ht..(i + 1) * ht]);
+                    row[ht] = 1.0;
+                    row[ht + 1] = -mean;
+                    row[ht + 2] = rstd;
+                }
             }
         })
     }
@@ -683,7 +761,8 @@ impl HostDecoder {
         }
         g.iter_mut().for_each(|v| *v /= scale);
         let gt = PackedB::new(&g, d, nh * t, 1, d);
-        let u = PackedB::new(&u, nh * t, d, d, 1);
+        let u_rows = u;
+        let u = PackedB::new(&u_rows, nh * t, d, d, 1);
         let kt = cached.then(|| {
             let mut kt = vec![0f32; nh * dh * t];
             for h in 0..nh {
@@ -700,6 +779,7 @@ impl HostDecoder {
             gt,
             c,
             u,
+            u_rows,
             kt,
             shape: (nh, dh, t),
         }
@@ -825,13 +905,74 @@ impl HostDecoder {
         let di = blk.t2i.internal();
         let mut k0t = vec![0f32; di * n];
         super::math::transpose(&k0, di, &mut k0t, n, n, di);
+        // The folded upscaling's image part (x0 ⊙ Γ_0)·W_up1.
+        let g0 = &self.norm4_chain()[0];
+        let w = 4 * self.c1;
+        let mut xt = vec![0f32; n * w];
+        xt.par_chunks_mut(CHUNK_ROWS * w)
+            .zip(x0.par_chunks(CHUNK_ROWS * d))
+            .for_each(|(o, x)| {
+                let r = x.len() / d;
+                with_scratch([r * d], |[xs]| {
+                    for (dst, src) in xs.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        for ((a, b), g) in dst.iter_mut().zip(src).zip(g0) {
+                            *a = b * g;
+                        }
+                    }
+                    gemm_packed(r, xs, d, 1, &self.up1_w, o, w, false);
+                })
+            });
         Layer0 {
             key,
             x0,
             k0t,
             v0,
             q0,
+            xt,
         }
+    }
+
+    /// `Γ_l = γ_l ⊙ … ⊙ γ_(L−1)` of the image-side norms (norm4) for l = 0..=L (`Γ_L` = 1); see [`Fold`].
+    fn norm4_chain(&self) -> Vec<Vec<f32>> {
+        let n_layers = self.layers.len();
+        let mut g = vec![vec![1f32; self.dim]; n_layers + 1];
+        for l in (0..n_layers).rev() {
+            g[l] = g[l + 1]
+                .iter()
+                .zip(&self.layers[l].norm4.w)
+                .map(|(a, b)| a * b)
+                .collect();
+        }
+        g
+    }
+
+    /// The matrix of the folded upscaling of one set ([`Fold`]) from each layer's output matrix `us[l]`
+    /// (heads·T × D), packed: per layer the rows `(U_l ⊙ Γ_l)·W`, `(b_o,l ⊙ Γ_l)·W`, `Γ_l·W`,
+    /// `(β_l ⊙ Γ_(l+1))·W`, then the bias of the convolution.
+    fn fold_matrix(&self, us: &[&[f32]], gammas: &[Vec<f32>]) -> PackedB {
+        let (d, w) = (self.dim, 4 * self.c1);
+        let mut a: Vec<f32> = Vec::new();
+        let mut push_scaled = |rows: &[f32], scale: &[f32]| {
+            for row in rows.chunks_exact(d) {
+                a.extend(row.iter().zip(scale).map(|(x, g)| x * g));
+            }
+        };
+        for (l, blk) in self.layers.iter().enumerate() {
+            push_scaled(us[l], &gammas[l]);
+            push_scaled(&blk.i2t.o.b, &gammas[l]);
+            push_scaled(&gammas[l], &vec![1f32; d]);
+            push_scaled(&blk.norm4.b, &gammas[l + 1]);
+        }
+        let rows = a.len() / d;
+        let mut m = vec![0f32; (rows + 1) * w];
+        // Two row blocks in parallel (the product is ~8 MFLOP for the official models).
+        let half = rows.div_ceil(2).max(1);
+        m[..rows * w]
+            .par_chunks_mut(half * w)
+            .zip(a.par_chunks(half * d))
+            .for_each(|(o, x)| gemm_packed(x.len() / d, x, d, 1, &self.up1_w, o, w, false));
+        m[rows * w..].copy_from_slice(&self.up1_b);
+        PackedB::new(&m, rows + 1, w, w, 1)
     }
 
     /// Number of embeddings whose first-layer image side is cached.
@@ -886,7 +1027,8 @@ impl HostDecoder {
     ///   without it, `sets` hold each set's keys and are updated in place;
     /// * `i2t`: image-to-token attention (+ residual + norm) applied to the keys first;
     /// * `t2i`: token-to-image attention scores on the (new) keys; returns the weighted key sums per set
-    ///   (heads·tokens × D).
+    ///   (heads·tokens × D);
+    /// * `rec`: where the image-to-token attention is recorded for the folded upscaling.
     #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
@@ -897,15 +1039,25 @@ impl HostDecoder {
         mut sets: Vec<&mut [f32]>,
         i2t: Option<I2tArgs<'_>>,
         t2i: &[T2i],
+        rec: Option<Record<'_>>,
     ) -> Vec<Vec<f32>> {
         let d = self.dim;
         let b = t2i.len();
         let n_chunks = n.div_ceil(CHUNK_ROWS);
-        // Per chunk: the chunk of every set's key buffer.
+        // Per chunk: the chunk of every set's key buffer (and of its record rows).
         let mut chunked: Vec<Vec<&mut [f32]>> = (0..n_chunks).map(|_| Vec::new()).collect();
         for s in sets.iter_mut() {
             for (c, part) in s.chunks_mut(CHUNK_ROWS * d).enumerate() {
                 chunked[c].push(part);
+            }
+        }
+        let (rec_col, rec_stride) = rec.as_ref().map_or((0, 0), |r| (r.col, r.stride));
+        let mut rec_chunked: Vec<Vec<&mut [f32]>> = (0..n_chunks).map(|_| Vec::new()).collect();
+        if let Some(rec) = rec {
+            for s in rec.bufs {
+                for (c, part) in s.chunks_mut(CHUNK_ROWS * rec_stride).enumerate() {
+                    rec_chunked[c].push(part);
+                }
             }
         }
         // With shared keys, the first scores of all sets are one product: stack their matrices.
@@ -920,11 +1072,16 @@ impl HostDecoder {
             let c: Vec<f32> = gs.iter().flat_map(|(_, c)| c.iter().copied()).collect();
             (PackedB::new(&g, d, c.len(), 1, d), c)
         });
-        let ctx = PassCtx { d, i2t };
+        let ctx = PassCtx {
+            d,
+            i2t,
+            rec: (rec_col, rec_stride),
+        };
         let results: Vec<Vec<Partial>> = chunked
             .into_par_iter()
+            .zip(rec_chunked)
             .enumerate()
-            .map(|(ci, mut bufs)| {
+            .map(|(ci, (mut bufs, mut recs))| {
                 let r0 = ci * CHUNK_ROWS;
                 let r = CHUNK_ROWS.min(n - r0);
                 let pe_c = &pe[r0 * d..(r0 + r) * d];
@@ -944,7 +1101,8 @@ impl HostDecoder {
                                     let s = &mut s[..r * ht];
                                     p.scores_from_queries(q0c, r, s);
                                     let out = &mut *bufs[si];
-                                    ctx.i2t_apply(x, s, ht, 0, r, p, out, pe_c, xpe2);
+                                    let rec = recs.get_mut(si).map(|v| &mut **v);
+                                    ctx.i2t_apply(x, s, ht, 0, r, p, out, pe_c, xpe2, rec);
                                     ctx.t2i_partial_xpe(out, xpe2, r, &t2i[si])
                                 })
                                 .collect()
@@ -980,8 +1138,10 @@ impl HostDecoder {
                                         (0..b)
                                             .map(|si| {
                                                 let out = &mut *bufs[si];
+                                                let rec = recs.get_mut(si).map(|v| &mut **v);
                                                 ctx.i2t_apply(
                                                     x, s, cols, off, r, &ps[si], out, pe_c, xpe2,
+                                                    rec,
                                                 );
                                                 off += ps[si].gt.n();
                                                 ctx.t2i_partial_xpe(out, xpe2, r, &t2i[si])
@@ -1002,7 +1162,8 @@ impl HostDecoder {
                                         x.copy_from_slice(buf);
                                         add_into(xpe, x, pe_c);
                                         scores(s, xpe, &ps[si].gt, &ps[si].c, r);
-                                        ctx.i2t_apply(x, s, ht, 0, r, &ps[si], buf, pe_c, xpe);
+                                        let rec = recs.get_mut(si).map(|v| &mut **v);
+                                        ctx.i2t_apply(x, s, ht, 0, r, &ps[si], buf, pe_c, xpe, rec);
                                         ctx.t2i_partial_xpe(buf, xpe, r, &t2i[si])
                                     })
                                 }
@@ -1081,6 +1242,25 @@ impl HostDecoder {
             .chain(mask_tokens.iter().map(|&i| 1 + i))
             .collect();
         let n_layers = self.layers.len();
+        // With the first layer's image side cached, the first upscaling is folded through the image-to-token
+        // attentions ([`Fold`]): their probabilities and norm statistics are recorded per set.
+        let fold_layout: Option<(Vec<(usize, usize)>, usize)> =
+            l0.as_ref().filter(|_| n_layers > 0).map(|_| {
+                let mut cols = Vec::with_capacity(n_layers);
+                let mut k = 0;
+                for blk in &self.layers {
+                    let ht = blk.i2t.heads * t;
+                    cols.push((k, ht));
+                    k += ht + 3;
+                }
+                (cols, k + 1)
+            });
+        let mut coef: Vec<Vec<f32>> = match &fold_layout {
+            Some((_, k)) => (0..bsz).map(|_| self.pool.take(n * k)).collect(),
+            None => Vec::new(),
+        };
+        // Per layer, per set: the image-to-token output matrix (heads·T × D).
+        let mut fold_us: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n_layers];
         // Whether the keys are still the shared initial keys (before the first image-to-token attention).
         let mut shared_live = shared_keys.is_some() || l0.is_some();
         let mut pending_i2t: Option<(Vec<I2t>, usize)> = None;
@@ -1128,24 +1308,35 @@ impl HostDecoder {
                         _ => None,
                     };
                     let q0 = l0.as_ref().filter(|_| shared_live).map(|c| &c.q0[..]);
+                    let rec = match (&fold_layout, &i2t_info) {
+                        (Some((cols, k)), Some((_, pli))) => Some(Record {
+                            bufs: coef.iter_mut().map(|c| &mut c[..]).collect(),
+                            col: cols[*pli].0,
+                            stride: *k,
+                        }),
+                        _ => None,
+                    };
                     let z = match (i2t_args, shared) {
                         (None, Some(_)) => {
-                            self.pass(n, inp.pe, shared, None, Vec::new(), None, &t2i)
+                            self.pass(n, inp.pe, shared, None, Vec::new(), None, &t2i, rec)
                         }
                         (Some(args), Some(_)) => {
                             keys = (0..bsz).map(|_| self.pool.take(n * d)).collect();
                             let bufs: Vec<&mut [f32]> =
                                 keys.iter_mut().map(|k| &mut k[..]).collect();
-                            let z = self.pass(n, inp.pe, shared, q0, bufs, Some(args), &t2i);
+                            let z = self.pass(n, inp.pe, shared, q0, bufs, Some(args), &t2i, rec);
                             shared_live = false;
                             z
                         }
                         (args, None) => {
                             let bufs: Vec<&mut [f32]> =
                                 keys.iter_mut().map(|k| &mut k[..]).collect();
-                            self.pass(n, inp.pe, None, None, bufs, args, &t2i)
+                            self.pass(n, inp.pe, None, None, bufs, args, &t2i, rec)
                         }
                     };
+                    if let (Some(_), Some((ps, pli))) = (&fold_layout, i2t_info) {
+                        fold_us[pli] = ps.into_iter().map(|p| p.u_rows).collect();
+                    }
                     if !shared_live {
                         self.pool.give(shared_keys.take());
                     }
@@ -1208,19 +1399,43 @@ impl HostDecoder {
             hyper.push(h);
         }
 
-        let masks = self.upscale(&keys, &hyper, (gh, gw), k_out);
+        let masks = {
+            let fold = match (&fold_layout, &l0) {
+                (Some((cols, k)), Some(c)) => {
+                    let gammas = self.norm4_chain();
+                    let m = (0..bsz)
+                        .map(|b| {
+                            let us: Vec<&[f32]> = fold_us.iter().map(|u| &u[b][..]).collect();
+                            self.fold_matrix(&us, &gammas)
+                        })
+                        .collect();
+                    Some(Fold {
+                        xt: &c.xt,
+                        coef: &coef,
+                        m,
+                        layers: cols.clone(),
+                        k: *k,
+                    })
+                }
+                _ => None,
+            };
+            self.upscale(&keys, &hyper, (gh, gw), k_out, fold.as_ref())
+        };
         self.pool.give(keys);
+        self.pool.give(coef);
         DecoderOutputs { masks, iou }
     }
 
     /// Output upscaling (two 2×2 transposed convolutions with LayerNorm2d and GELU) fused with the products with
-    /// the hypernetwork outputs: keys (B × (gh·gw × D)) → mask logits (B, K, 4gh, 4gw).
+    /// the hypernetwork outputs: keys (B × (gh·gw × D)) → mask logits (B, K, 4gh, 4gw). With `fold`, the first
+    /// convolution comes from the recorded attention coefficients instead of the keys.
     fn upscale(
         &self,
         keys: &[Vec<f32>],
         hyper: &[Vec<f32>],
         grid: (usize, usize),
         k_out: usize,
+        fold: Option<&Fold<'_>>,
     ) -> Vec<f32> {
         let d = self.dim;
         let (gh, gw) = grid;
@@ -1250,22 +1465,29 @@ impl HostDecoder {
             let y0 = ci * grid_rows;
             let rows = grid_rows.min(gh - y0);
             let r = rows * gw;
-            let x = &keys[b][y0 * gw * d..(y0 * gw + r) * d];
             // Second-stage rows are processed in sub-blocks that stay in L1/L2.
             const SUB: usize = 48;
-            with_scratch([r * 4 * c1, SUB * 4 * c2, SUB * 4 * k_out], |[u1, u2, m]| {
+            let kf = fold.map_or(0, |f| f.k);
+            let scratch = [r * 4 * c1, SUB * 4 * c2, SUB * 4 * k_out, r * kf];
+            with_scratch(scratch, |[u1, u2, m, cs]| {
                 // ConvTranspose 1 (+ bias) → LayerNorm2d → GELU; rows (pixel, sub-pixel) of c1 channels.
-                gemm_packed_bias(
-                    r,
-                    x,
-                    d,
-                    1,
-                    &self.up1_w,
-                    Some(&self.up1_b),
-                    u1,
-                    4 * c1,
-                    false,
-                );
+                match fold {
+                    Some(f) => {
+                        f.coefficients(b, y0 * gw, r, cs, u1);
+                        gemm_packed(r, cs, kf, 1, &f.m[b], u1, 4 * c1, true);
+                    }
+                    None => gemm_packed_bias(
+                        r,
+                        &keys[b][y0 * gw * d..(y0 * gw + r) * d],
+                        d,
+                        1,
+                        &self.up1_w,
+                        Some(&self.up1_b),
+                        u1,
+                        4 * c1,
+                        false,
+                    ),
+                }
                 self.up_norm.rows_inplace(u1);
                 gelu_inplace(u1);
                 // ConvTranspose 2 (+ bias) → GELU; rows (pixel, sub-pixel, sub-sub-pixel) of c2 channels; then

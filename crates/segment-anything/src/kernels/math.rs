@@ -571,7 +571,13 @@ mod avx {
 
     /// LayerNorm of one row: `(x − mean)·rstd·w + b`, two-pass mean and (biased) variance.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    pub unsafe fn layer_norm_row(
+        src: &[f32],
+        dst: &mut [f32],
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+    ) -> (f32, f32) {
         let n = src.len();
         let mean = sum_slice(src) / n as f32;
         let var = sq_dev_sum(src, mean) / n as f32;
@@ -593,6 +599,7 @@ mod avx {
         for j in i..n {
             dst[j] = (src[j] - mean) * rstd * w[j] + b[j];
         }
+        (mean, rstd)
     }
 }
 
@@ -669,8 +676,9 @@ pub fn softmax_unnormalized(x: &mut [f32]) -> f32 {
     sum
 }
 
-/// LayerNorm of one row: two passes (mean, then variance of the centred values), `(x − mean)·rstd·w + b`.
-pub fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+/// LayerNorm of one row: two passes (mean, then variance of the centred values), `(x − mean)·rstd·w + b`;
+/// returns `(mean, rstd)`.
+pub fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) -> (f32, f32) {
     let n = src.len();
     assert!(dst.len() == n && w.len() == n && b.len() == n);
     #[cfg(target_arch = "x86_64")]
@@ -684,6 +692,7 @@ pub fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f
     for i in 0..n {
         dst[i] = (src[i] - mean) * rstd * w[i] + b[i];
     }
+    (mean, rstd)
 }
 
 /// Transpose: `dst[j·ldd + i] = src[i·lds + j]` for i < rows, j < cols.
@@ -762,7 +771,7 @@ pub fn layer_norm_row_inplace(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available; lengths checked above. The kernel reads every element of the
         // row before writing it back.
-        return unsafe {
+        unsafe {
             let p = x.as_mut_ptr();
             avx::layer_norm_row(
                 std::slice::from_raw_parts(p, n),
@@ -770,11 +779,12 @@ pub fn layer_norm_row_inplace(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
                 w,
                 b,
                 eps,
-            )
-        };
+            );
+        }
+        return;
     }
     let src = x.to_vec();
-    layer_norm_row(&src, x, w, b, eps)
+    layer_norm_row(&src, x, w, b, eps);
 }
 
 /// Dot product (8 lanes, then a horizontal sum).
