@@ -670,6 +670,31 @@ fn transposes_row_dots_and_row_kernels_match_plain_versions() {
             }
         }
     }
+    // Scores of 8 heads against up to 8 tokens (interleaved output) against f64 dot products.
+    for &(r, dh, t) in &[(5, 16, 7), (3, 3, 8), (17, 16, 1), (2, 1, 4)] {
+        let q = rand_vec(&mut rng, r * 8 * dh, 1.0);
+        let mut k = rand_vec(&mut rng, 8 * dh * 8, 1.0);
+        for (i, v) in k.iter_mut().enumerate() {
+            if i % 8 >= t {
+                *v = 0.0;
+            }
+        }
+        let mut out = vec![f32::NAN; r * t * 8];
+        math::head_scores8(&q, r, dh, &k, t, &mut out);
+        for i in 0..r {
+            for ti in 0..t {
+                for h in 0..8 {
+                    let w: f64 = (0..dh)
+                        .map(|d| {
+                            q[i * 8 * dh + h * dh + d] as f64 * k[(h * dh + d) * 8 + ti] as f64
+                        })
+                        .sum();
+                    let v = out[i * 8 * t + ti * 8 + h] as f64;
+                    assert!((v - w).abs() <= 1e-5 * (1.0 + w.abs()), "{r} {dh} {t}");
+                }
+            }
+        }
+    }
     // LayerNorm of many rows (8 at a time when the width allows) equals the one-row version.
     for &(n, c) in &[(21, 64), (3, 256), (9, 20)] {
         let x = rand_vec(&mut rng, n * c, 3.0);

@@ -265,6 +265,16 @@ impl I2t {
         let (nh, dh, t) = self.shape;
         let kt = self.kt.as_deref().expect("cached token keys");
         let ht = nh * t;
+        if nh == 8 && t <= 8 {
+            // The token keys padded to 8 per (head, dim).
+            let mut k8 = [0f32; 8 * 8 * 64];
+            if dh <= 64 {
+                for (hd, row) in kt.chunks_exact(t).enumerate() {
+                    k8[hd * 8..hd * 8 + t].copy_from_slice(row);
+                }
+                return super::math::head_scores8(q, r, dh, &k8, t, s);
+            }
+        }
         with_scratch([r * t], |[tmp]| {
             for h in 0..nh {
                 gemm_direct(

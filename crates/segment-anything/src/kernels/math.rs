@@ -414,6 +414,84 @@ mod avx {
     }
 
     /// `row_dots` for `blocks` blocks of 8 rows (c a multiple of 8).
+    /// 8×8 transpose: `out[j]` lane `i` = `v[i]` lane `j`.
+    #[inline(always)]
+    unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+        let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+        let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+        let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+        let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+        let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+        let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+        let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    /// See [`super::head_scores8`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn head_scores8(
+        q: &[f32],
+        r: usize,
+        dh: usize,
+        k: &[f32],
+        t: usize,
+        out: &mut [f32],
+    ) {
+        let (qp, kp, op) = (q.as_ptr(), k.as_ptr(), out.as_mut_ptr());
+        for i in 0..r {
+            let qi = qp.add(i * 8 * dh);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (h, a) in acc.iter_mut().enumerate() {
+                let (qh, kh) = (qi.add(h * dh), kp.add(h * dh * 8));
+                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut d = 0;
+                while d + 2 <= dh {
+                    a0 = _mm256_fmadd_ps(
+                        _mm256_broadcast_ss(&*qh.add(d)),
+                        _mm256_loadu_ps(kh.add(d * 8)),
+                        a0,
+                    );
+                    a1 = _mm256_fmadd_ps(
+                        _mm256_broadcast_ss(&*qh.add(d + 1)),
+                        _mm256_loadu_ps(kh.add(d * 8 + 8)),
+                        a1,
+                    );
+                    d += 2;
+                }
+                if d < dh {
+                    a0 = _mm256_fmadd_ps(
+                        _mm256_broadcast_ss(&*qh.add(d)),
+                        _mm256_loadu_ps(kh.add(d * 8)),
+                        a0,
+                    );
+                }
+                *a = _mm256_add_ps(a0, a1);
+            }
+            let rows = transpose8(acc);
+            for (ti, v) in rows.iter().take(t).enumerate() {
+                _mm256_storeu_ps(op.add(i * 8 * t + ti * 8), *v);
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn row_dots8(
         rows: &[f32],
@@ -739,6 +817,30 @@ pub fn transpose_add(
     for i in 0..rb {
         for j in cb..cols {
             dst[j * ldd + i] = src[i * lds + j] + addv(j, i);
+        }
+    }
+}
+
+/// Attention scores of 8 heads against up to 8 tokens: for rows `i < r`, `out[i·8t + ti·8 + h] = Σ_d q[i·8dh +
+/// h·dh + d] · k[(h·dh + d)·8 + ti]` (`q`: r × 8·dh queries, heads side by side; `k`: per (head, dim) 8 token
+/// values, the unused ones zero; `out`: r × (t × 8), interleaved by token then head).
+pub fn head_scores8(q: &[f32], r: usize, dh: usize, k: &[f32], t: usize, out: &mut [f32]) {
+    assert!(t <= 8 && q.len() >= r * 8 * dh && k.len() >= 8 * dh * 8 && out.len() >= r * t * 8);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are available; lengths checked above.
+        return unsafe { avx::head_scores8(q, r, dh, k, t, out) };
+    }
+    for i in 0..r {
+        for ti in 0..t {
+            for h in 0..8 {
+                let qh = &q[i * 8 * dh + h * dh..i * 8 * dh + (h + 1) * dh];
+                out[i * 8 * t + ti * 8 + h] = qh
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &v)| v * k[(h * dh + d) * 8 + ti])
+                    .sum();
+            }
         }
     }
 }
