@@ -40,7 +40,7 @@ use super::math::{
     exp_inplace, gelu_inplace, layer_norm_row, row_dots, softmax_interleaved, softmax_row,
     transpose_add,
 };
-use super::{gemm, with_scratch, HostLinear, Mat, MatMut, Par};
+use super::{with_scratch, HostLinear, Par};
 
 /// Image-token rows per chunk of a pass.
 const CHUNK_ROWS: usize = 256;
@@ -439,16 +439,7 @@ fn column_partial(s: &mut [f32], r: usize, cols: usize, x: &[f32], d: usize) -> 
         }
     }
     let mut z = vec![0f32; cols * d];
-    gemm(
-        cols,
-        d,
-        r,
-        MatMut::rows(&mut z, d),
-        Mat::rows(s, cols).t(),
-        Mat::rows(x, d),
-        false,
-        Par::Seq,
-    );
+    gemm_direct(cols, d, r, s, 1, cols, x, d, &mut z, d, false);
     Partial { m, l, z }
 }
 
