@@ -330,8 +330,8 @@ struct Layer0 {
     xt: Vec<f32>,
 }
 
-/// How many embeddings keep their first-layer projections (≈ 10 MB each for D = 256 and a 64×64 grid), and how
-/// many keys decoded once are remembered.
+/// How many embeddings keep their first-layer projections (≈ 14 MB each for D = 256 and a 64×64 grid, with the
+/// folded upscaling's image part), and how many keys decoded once are remembered.
 const LAYER0_CACHE_LEN: usize = 4;
 
 /// The cached first-layer projections of the last few embeddings decoded more than once (or prepared), most
