@@ -339,81 +339,6 @@ mod avx {
         s
     }
 
-    /// 8×8 transposes over `rows` × `cols` (multiples of 8).
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn transpose_blocks(
-        src: *const f32,
-        lds: usize,
-        dst: *mut f32,
-        ldd: usize,
-        rows: usize,
-        cols: usize,
-        add: *const f32,
-        add_ld: usize,
-    ) {
-        let mut i0 = 0;
-        while i0 < rows {
-            let mut j0 = 0;
-            while j0 < cols {
-                let s = src.add(i0 * lds + j0);
-                let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(s.add(k * lds)));
-                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-                let o = [
-                    _mm256_permute2f128_ps::<0x20>(u0, u4),
-                    _mm256_permute2f128_ps::<0x20>(u1, u5),
-                    _mm256_permute2f128_ps::<0x20>(u2, u6),
-                    _mm256_permute2f128_ps::<0x20>(u3, u7),
-                    _mm256_permute2f128_ps::<0x31>(u0, u4),
-                    _mm256_permute2f128_ps::<0x31>(u1, u5),
-                    _mm256_permute2f128_ps::<0x31>(u2, u6),
-                    _mm256_permute2f128_ps::<0x31>(u3, u7),
-                ];
-                let d = dst.add(j0 * ldd + i0);
-                for (k, v) in o.iter().enumerate() {
-                    let v = if add.is_null() {
-                        *v
-                    } else {
-                        _mm256_add_ps(*v, _mm256_loadu_ps(add.add((j0 + k) * add_ld + i0)))
-                    };
-                    _mm256_storeu_ps(d.add(k * ldd), v);
-                }
-                j0 += 8;
-            }
-            i0 += 8;
-        }
-    }
-
-    /// Sums of 8 vectors: lane i of the result is the horizontal sum of `a[i]`.
-    #[inline(always)]
-    unsafe fn hsum8(a: &[__m256; 8]) -> __m256 {
-        let s01 = _mm256_hadd_ps(a[0], a[1]);
-        let s23 = _mm256_hadd_ps(a[2], a[3]);
-        let s45 = _mm256_hadd_ps(a[4], a[5]);
-        let s67 = _mm256_hadd_ps(a[6], a[7]);
-        let s0123 = _mm256_hadd_ps(s01, s23);
-        let s4567 = _mm256_hadd_ps(s45, s67);
-        let lo = _mm256_permute2f128_ps::<0x20>(s0123, s4567);
-        let hi = _mm256_permute2f128_ps::<0x31>(s0123, s4567);
-        _mm256_add_ps(lo, hi)
-    }
-
-    /// `row_dots` for `blocks` blocks of 8 rows (c a multiple of 8).
     /// 8×8 transpose: `out[j]` lane `i` = `v[i]` lane `j`.
     #[inline(always)]
     unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
@@ -443,6 +368,55 @@ mod avx {
             _mm256_permute2f128_ps::<0x31>(u2, u6),
             _mm256_permute2f128_ps::<0x31>(u3, u7),
         ]
+    }
+
+    /// 8×8 transposes over `rows` × `cols` (multiples of 8).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn transpose_blocks(
+        src: *const f32,
+        lds: usize,
+        dst: *mut f32,
+        ldd: usize,
+        rows: usize,
+        cols: usize,
+        add: *const f32,
+        add_ld: usize,
+    ) {
+        let mut i0 = 0;
+        while i0 < rows {
+            let mut j0 = 0;
+            while j0 < cols {
+                let s = src.add(i0 * lds + j0);
+                let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(s.add(k * lds)));
+                let o = transpose8(r);
+                let d = dst.add(j0 * ldd + i0);
+                for (k, v) in o.iter().enumerate() {
+                    let v = if add.is_null() {
+                        *v
+                    } else {
+                        _mm256_add_ps(*v, _mm256_loadu_ps(add.add((j0 + k) * add_ld + i0)))
+                    };
+                    _mm256_storeu_ps(d.add(k * ldd), v);
+                }
+                j0 += 8;
+            }
+            i0 += 8;
+        }
+    }
+
+    /// Sums of 8 vectors: lane i of the result is the horizontal sum of `a[i]`.
+    #[inline(always)]
+    unsafe fn hsum8(a: &[__m256; 8]) -> __m256 {
+        let s01 = _mm256_hadd_ps(a[0], a[1]);
+        let s23 = _mm256_hadd_ps(a[2], a[3]);
+        let s45 = _mm256_hadd_ps(a[4], a[5]);
+        let s67 = _mm256_hadd_ps(a[6], a[7]);
+        let s0123 = _mm256_hadd_ps(s01, s23);
+        let s4567 = _mm256_hadd_ps(s45, s67);
+        let lo = _mm256_permute2f128_ps::<0x20>(s0123, s4567);
+        let hi = _mm256_permute2f128_ps::<0x31>(s0123, s4567);
+        _mm256_add_ps(lo, hi)
     }
 
     /// See [`super::head_scores8`].
@@ -492,6 +466,7 @@ mod avx {
         }
     }
 
+    /// `row_dots` for `blocks` blocks of 8 rows (c a multiple of 8).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn row_dots8(
         rows: &[f32],
