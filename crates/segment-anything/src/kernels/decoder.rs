@@ -247,9 +247,11 @@ struct I2t {
     u: PackedB,
     /// The same, unpacked (rows (token, head)).
     u_rows: Vec<f32>,
-    /// With the first layer's image-side queries cached: the token keys per head, scaled by 1/√dh, (heads, dh, T);
-    /// the scores are then the cached queries times these.
+    /// With the first layer's image-side queries cached: the token keys per head, scaled by 1/√dh, (heads, dh,
+    /// `kt_ld`) with the tokens zero-padded to `kt_ld`; the scores are then the cached queries times these.
     kt: Option<Vec<f32>>,
+    /// Row length of `kt`: 8 where the 8-head kernel applies (8 heads, T ≤ 8), else T.
+    kt_ld: usize,
     /// Heads, head dim, tokens.
     shape: (usize, usize, usize),
 }
@@ -264,16 +266,10 @@ impl I2t {
     fn scores_from_queries(&self, q: &[f32], r: usize, s: &mut [f32]) {
         let (nh, dh, t) = self.shape;
         let kt = self.kt.as_deref().expect("cached token keys");
+        let ld = self.kt_ld;
         let ht = nh * t;
-        if nh == 8 && t <= 8 {
-            // The token keys padded to 8 per (head, dim).
-            let mut k8 = [0f32; 8 * 8 * 64];
-            if dh <= 64 {
-                for (hd, row) in kt.chunks_exact(t).enumerate() {
-                    k8[hd * 8..hd * 8 + t].copy_from_slice(row);
-                }
-                return super::math::head_scores8(q, r, dh, &k8, t, s);
-            }
+        if nh == 8 && ld == 8 {
+            return super::math::head_scores8(q, r, dh, kt, t, s);
         }
         with_scratch([r * t], |[tmp]| {
             for h in 0..nh {
@@ -284,8 +280,8 @@ impl I2t {
                     &q[h * dh..],
                     nh * dh,
                     1,
-                    &kt[h * dh * t..(h + 1) * dh * t],
-                    t,
+                    &kt[h * dh * ld..(h + 1) * dh * ld],
+                    ld,
                     tmp,
                     t,
                     false,
@@ -764,12 +760,13 @@ impl HostDecoder {
         let gt = PackedB::new(&g, d, nh * t, 1, d);
         let u_rows = u;
         let u = PackedB::new(&u_rows, nh * t, d, d, 1);
+        let kt_ld = if nh == 8 && t <= 8 { 8 } else { t };
         let kt = cached.then(|| {
-            let mut kt = vec![0f32; nh * dh * t];
+            let mut kt = vec![0f32; nh * dh * kt_ld];
             for h in 0..nh {
                 for c in 0..dh {
                     for ti in 0..t {
-                        kt[(h * dh + c) * t + ti] = k[ti * di + h * dh + c] / scale;
+                        kt[(h * dh + c) * kt_ld + ti] = k[ti * di + h * dh + c] / scale;
                     }
                 }
             }
@@ -782,6 +779,7 @@ impl HostDecoder {
             u,
             u_rows,
             kt,
+            kt_ld,
             shape: (nh, dh, t),
         }
     }
@@ -953,6 +951,7 @@ impl HostDecoder {
     fn fold_matrix(&self, us: &[&[f32]], gammas: &[Vec<f32>]) -> PackedB {
         let (d, w) = (self.dim, 4 * self.c1);
         let mut a: Vec<f32> = Vec::new();
+        let ones = vec![1f32; d];
         let mut push_scaled = |rows: &[f32], scale: &[f32]| {
             for row in rows.chunks_exact(d) {
                 a.extend(row.iter().zip(scale).map(|(x, g)| x * g));
@@ -961,7 +960,7 @@ impl HostDecoder {
         for (l, blk) in self.layers.iter().enumerate() {
             push_scaled(us[l], &gammas[l]);
             push_scaled(&blk.i2t.o.b, &gammas[l]);
-            push_scaled(&gammas[l], &vec![1f32; d]);
+            push_scaled(&gammas[l], &ones);
             push_scaled(&blk.norm4.b, &gammas[l + 1]);
         }
         let rows = a.len() / d;
