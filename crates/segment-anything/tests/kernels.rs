@@ -518,6 +518,10 @@ fn encoder_kernels_match_generic_path() {
     // Flexible input size: rectangular grid, interpolated relative positions, absolute positions resized.
     cfg.fixed_input_size = false;
     check_encoder(&cfg, 1, (224, 160), 7);
+    // Global attention over more keys than one key block (25 × 22 = 550 tokens: three blocks, the last
+    // partial, block edges inside grid rows) and several query blocks: the online softmax's rescaling.
+    cfg.encoder_nb_blocks = 2;
+    check_encoder(&cfg, 1, (400, 352), 9);
     // Wider model: head_dim 48 (not a power of two scale), window 7, one input channel.
     let mut cfg = small_config(64, 4, 128);
     cfg.encoder_embed_dim = 96;
@@ -544,7 +548,7 @@ fn naive_matmul(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> 
 #[test]
 fn direct_and_packed_products_match_naive() {
     use segment_anything::kernels::direct::{
-        gemm_direct, gemm_packed, gemm_packed_bias, gemm_packed_cols, PackedB,
+        gemm_direct, gemm_packed, gemm_packed_bias, gemm_packed_cols, gemm_packed_rows, PackedB,
     };
     let mut rng = StdRng::seed_from_u64(9);
     for &(m, n, k) in &[
@@ -617,6 +621,37 @@ fn direct_and_packed_products_match_naive() {
             let mut c = c0.clone();
             gemm_packed_bias(m, &a, k, 1, &pb, Some(&bias), &mut c, ldc, false);
             close(&c, ldc, true, None);
+            if k > 2 {
+                // Rows 1..k − 1 of B (A's columns 1..k − 1), written and accumulated.
+                let kc = k - 2;
+                let mut want_rows = vec![0f64; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        for l in 1..k - 1 {
+                            want_rows[i * n + j] += a[i * k + l] as f64 * b[l * n + j] as f64;
+                        }
+                    }
+                }
+                for accumulate in [false, true] {
+                    let mut c = c0.clone();
+                    gemm_packed_rows(m, &a[1..], k, 1, &pb, 1, kc, &mut c, ldc, accumulate);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let e = want_rows[i * n + j]
+                                + if accumulate {
+                                    c0[i * ldc + j] as f64
+                                } else {
+                                    0.0
+                                };
+                            let g = c[i * ldc + j] as f64;
+                            assert!(
+                                (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                                "rows {m}×{n}×{k}: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
             if n > 16 {
                 // Columns 16.. of the product, alone.
                 let w = n - 16;

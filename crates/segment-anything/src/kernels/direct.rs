@@ -168,7 +168,63 @@ pub fn gemm_packed_bias(
     ldc: usize,
     accumulate: bool,
 ) {
-    packed_impl(m, a, ars, acs, &b.data, b.k, b.n, bias, c, ldc, accumulate)
+    packed_impl(
+        m,
+        a,
+        ars,
+        acs,
+        &b.data,
+        b.k,
+        b.k * 16,
+        b.n,
+        bias,
+        c,
+        ldc,
+        accumulate,
+    )
+}
+
+/// `C (m×n) = A·B[l0..l0 + kc, :]` (or `+=`): the product with a block of `kc` rows of a packed `B`, `A` being
+/// m × kc (element (i, l) at `a[i·ars + l·acs]`). E.g. attention weights of a block of keys times their values.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed_rows(
+    m: usize,
+    a: &[f32],
+    ars: usize,
+    acs: usize,
+    b: &PackedB,
+    l0: usize,
+    kc: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(
+        l0 + kc <= b.k,
+        "gemm_packed_rows: rows {l0}..{} of {}",
+        l0 + kc,
+        b.k
+    );
+    let panels = b.n.div_ceil(16);
+    let data = if panels == 0 {
+        &b.data[..]
+    } else {
+        &b.data[l0 * 16..(panels - 1) * b.k * 16 + (l0 + kc) * 16]
+    };
+    packed_impl(
+        m,
+        a,
+        ars,
+        acs,
+        data,
+        kc,
+        b.k * 16,
+        b.n,
+        None,
+        c,
+        ldc,
+        accumulate,
+    )
 }
 
 /// `C (m × width) = A·B[:, j0..j0 + width] (+ bias[j0..])` for the panels of `B` starting at column `j0` (a
@@ -199,6 +255,7 @@ pub fn gemm_packed_cols(
         acs,
         &b.data[p0 * b.k * 16..p1 * b.k * 16],
         b.k,
+        b.k * 16,
         width,
         bias.map(|bb| &bb[j0..]),
         c,
@@ -215,12 +272,19 @@ fn packed_impl(
     acs: usize,
     data: &[f32],
     k: usize,
+    panel_stride: usize,
     n: usize,
     bias: Option<&[f32]>,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
 ) {
+    if k > 0 && n > 0 {
+        assert!(
+            (n.div_ceil(16) - 1) * panel_stride + k * 16 <= data.len(),
+            "gemm_packed: panels"
+        );
+    }
     if let Some(bias) = bias {
         assert!(bias.len() >= n, "gemm_packed: bias");
     }
@@ -244,7 +308,7 @@ fn packed_impl(
                 acs,
                 data,
                 16,
-                k * 16,
+                panel_stride,
                 true,
                 bias.map_or(std::ptr::null(), |b| b.as_ptr()),
                 c,
@@ -275,7 +339,7 @@ fn packed_impl(
             k,
             MatMut::rows(&mut c[16 * p..], ldc),
             Mat::strided(a, ars, acs),
-            Mat::rows(&data[p * k * 16..(p + 1) * k * 16], 16),
+            Mat::rows(&data[p * panel_stride..p * panel_stride + k * 16], 16),
             accumulate,
             Par::Seq,
         );

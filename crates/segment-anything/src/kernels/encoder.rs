@@ -12,14 +12,16 @@
 
 use rayon::prelude::*;
 
-use super::direct::{gemm_packed, PackedB};
-use super::math::{bias_gelu_rows, layer_norm_row, softmax_unnormalized};
+use super::direct::{gemm_packed, gemm_packed_cols, gemm_packed_rows, PackedB};
+use super::math::{add_add_max, bias_gelu_rows, exp_scalar, exp_sub_sum, layer_norm_row};
 use super::{gemm, with_scratch, Mat, MatMut, Par};
 
 /// Rows per task of the row-parallel element-wise passes.
 const ROWS_PER_TASK: usize = 64;
-/// Query rows per task of global attention (the scores of one head are `QUERY_BLOCK` × tokens).
-const QUERY_BLOCK: usize = 48;
+/// Query rows per task of global attention.
+const QUERY_BLOCK: usize = 128;
+/// Keys per step of global attention's online softmax (a multiple of 16).
+const KEY_BLOCK: usize = 256;
 
 /// One encoder block's weights, borrowed from host memory.
 pub struct BlockWeights<'a> {
@@ -120,40 +122,93 @@ fn layer_norm_rows(
         });
 }
 
-/// Relative-position scores of one head for `nq` query rows: `th = q · Rhᵀ` (nq × (2·gh − 1)) and likewise
-/// `tw`, then `s[q, ky·gw + kx] = (s + th[q, qy − ky + gh − 1]) + tw[q, qx − kx + gw − 1]`, the order of the
-/// official `(attn + rel_h) + rel_w`. `coords(q)` gives the query's (qy, qx) in the key grid (gh × gw).
+/// Relative-position terms of one head for `nq` query rows: `th = q · Rhᵀ` (nq × (2·gh − 1)), `tw = q · Rwᵀ`,
+/// and [`add_rel_tables`] over all keys; returns each score row's maximum in `maxes`. Score rows are `lds`
+/// apart.
 #[allow(clippy::too_many_arguments)]
 fn add_rel_pos(
     s: &mut [f32],
+    lds: usize,
     q: &[f32],
     ldq: usize,
     nq: usize,
     rh_t: &PackedB,
     rw_t: &PackedB,
-    (gh, gw): (usize, usize),
+    grid: (usize, usize),
     coords: impl Fn(usize) -> (usize, usize),
+    maxes: &mut [f32],
 ) {
     let (lh, lw) = (rh_t.n(), rw_t.n());
-    with_scratch([nq * lh, nq * lw, gw], |[th, tw, rw]| {
+    with_scratch([nq * lh, nq * lw, nq * grid.1], |[th, tw, twr]| {
         gemm_packed(nq, q, ldq, 1, rh_t, th, lh, false);
         gemm_packed(nq, q, ldq, 1, rw_t, tw, lw, false);
-        let nk = gh * gw;
-        for (qi, row) in s.chunks_exact_mut(nk).enumerate().take(nq) {
-            let (qy, qx) = coords(qi);
-            let twr = &tw[qi * lw..(qi + 1) * lw];
-            for (kx, v) in rw.iter_mut().enumerate() {
-                *v = twr[qx + gw - 1 - kx];
-            }
-            let thr = &th[qi * lh..(qi + 1) * lh];
-            for (ky, seg) in row.chunks_exact_mut(gw).enumerate() {
-                let a = thr[qy + gh - 1 - ky];
-                for (sv, &b) in seg.iter_mut().zip(rw.iter()) {
-                    *sv = (*sv + a) + b;
-                }
-            }
-        }
+        reverse_width_terms(tw, twr, nq, grid.1, &coords);
+        add_rel_tables(
+            s,
+            lds,
+            nq,
+            (th, twr),
+            grid,
+            0,
+            grid.0 * grid.1,
+            coords,
+            maxes,
+        );
     });
+}
+
+/// `twr[q, kx] = tw[q, qx − kx + gw − 1]`: the width terms of each query row in key order.
+fn reverse_width_terms(
+    tw: &[f32],
+    twr: &mut [f32],
+    nq: usize,
+    gw: usize,
+    coords: impl Fn(usize) -> (usize, usize),
+) {
+    let lw = 2 * gw - 1;
+    for (qi, row) in twr.chunks_exact_mut(gw).take(nq).enumerate() {
+        let qx = coords(qi).1;
+        let src = &tw[qi * lw..(qi + 1) * lw];
+        for (kx, v) in row.iter_mut().enumerate() {
+            *v = src[qx + gw - 1 - kx];
+        }
+    }
+}
+
+/// Add the relative-position terms to the scores of the keys `k0..k0 + kn` (image order in the key grid
+/// gh × gw; `s` column `j` is key `k0 + j`): `s[q, key(ky, kx)] = (s + th[q, qy − ky + gh − 1]) + twr[q, kx]`,
+/// the order of the official `(attn + rel_h) + rel_w`. `th` (nq × (2·gh − 1)) holds the query rows' products
+/// with the height table, `twr` (nq × gw) the width terms in key order ([`reverse_width_terms`]); `coords(q)`
+/// gives the query's (qy, qx). Each row's maximum over these keys goes to `maxes`.
+#[allow(clippy::too_many_arguments)]
+fn add_rel_tables(
+    s: &mut [f32],
+    lds: usize,
+    nq: usize,
+    (th, twr): (&[f32], &[f32]),
+    (gh, gw): (usize, usize),
+    k0: usize,
+    kn: usize,
+    coords: impl Fn(usize) -> (usize, usize),
+    maxes: &mut [f32],
+) {
+    let lh = 2 * gh - 1;
+    let (ky0, kx0) = (k0 / gw, k0 % gw);
+    for (qi, (row, mx)) in s.chunks_mut(lds).zip(maxes.iter_mut()).take(nq).enumerate() {
+        let qy = coords(qi).0;
+        let thr = &th[qi * lh..(qi + 1) * lh];
+        let rw = &twr[qi * gw..(qi + 1) * gw];
+        let (mut ky, mut kx, mut j) = (ky0, kx0, 0);
+        let mut m = f32::NEG_INFINITY;
+        while j < kn {
+            let len = (gw - kx).min(kn - j);
+            m = add_add_max(&mut row[j..j + len], thr[qy + gh - 1 - ky], &rw[kx..], m);
+            j += len;
+            kx = 0;
+            ky += 1;
+        }
+        *mx = m;
+    }
 }
 
 /// Attention of `nq` query rows (q with bias, unscaled, row stride `ldq`) over packed keys and values:
@@ -173,20 +228,21 @@ fn attend(
 ) {
     let hd = kt.k();
     let nk = kt.n();
-    with_scratch([nq * hd, nq * nk], |[qs, s]| {
+    let lds = nk;
+    with_scratch([nq * hd, nq * lds], |[qs, s]| {
         for (i, row) in qs.chunks_exact_mut(hd).enumerate() {
             for (d, &x) in row.iter_mut().zip(&q[i * ldq..i * ldq + hd]) {
                 *d = x * scale;
             }
         }
-        gemm_packed(nq, qs, hd, 1, kt, s, nk, false);
-        add_rel_pos(s, q, ldq, nq, rel.0, rel.1, rel.2, coords);
+        gemm_packed(nq, qs, hd, 1, kt, s, lds, false);
         // Softmax with its normalisation applied to the (head_dim-wide) output rows instead of the scores.
         with_scratch([nq], |[inv]| {
-            for (f, row) in inv.iter_mut().zip(s.chunks_exact_mut(nk)) {
-                *f = 1.0 / softmax_unnormalized(row);
+            add_rel_pos(s, lds, q, ldq, nq, rel.0, rel.1, rel.2, coords, inv);
+            for (f, row) in inv.iter_mut().zip(s.chunks_exact_mut(lds)) {
+                *f = 1.0 / exp_sub_sum(&mut row[..nk], *f);
             }
-            gemm_packed(nq, s, nk, 1, v, out, ldo, false);
+            gemm_packed(nq, s, lds, 1, v, out, ldo, false);
             for (i, &f) in inv.iter().enumerate() {
                 out[i * ldo..i * ldo + hd].iter_mut().for_each(|x| *x *= f);
             }
@@ -205,6 +261,10 @@ fn rel_tables(w: &BlockWeights<'_>, hd: usize) -> (PackedB, PackedB) {
 }
 
 /// Global attention over the whole grid: `qkv` (n × 3C, image order, no bias) → `o` (n × C).
+///
+/// Flash-attention style: per task a block of `QUERY_BLOCK` query rows, per head the keys in blocks of
+/// `KEY_BLOCK` with an online softmax (running row maxima and sums; the output rows rescaled when a maximum
+/// grows), so that the scores, keys and values in use stay in the core's L2 cache.
 fn global_attention(
     qkv: &[f32],
     o: &mut [f32],
@@ -230,37 +290,77 @@ fn global_attention(
         })
         .collect();
     let (rh_t, rw_t) = rel_tables(w, hd);
+    let (lh, lw) = (rh_t.n(), rw_t.n());
+    let kb = KEY_BLOCK.min(n);
     o.par_chunks_mut(QUERY_BLOCK * c)
         .enumerate()
         .for_each(|(bi, ob)| {
             let r0 = bi * QUERY_BLOCK;
             let nq = ob.len() / c;
-            with_scratch([nq * hd], |[q]| {
-                for h in 0..heads {
-                    for (i, row) in q.chunks_exact_mut(hd).enumerate() {
-                        let src = &qkv[(r0 + i) * 3 * c + h * hd..(r0 + i) * 3 * c + (h + 1) * hd];
-                        match bias(h * hd) {
-                            Some(b) => row
-                                .iter_mut()
-                                .zip(src.iter().zip(b))
-                                .for_each(|(d, (x, y))| *d = x + y),
-                            None => row.copy_from_slice(src),
+            let coords = |i: usize| ((r0 + i) / gw, (r0 + i) % gw);
+            with_scratch(
+                [
+                    nq * hd,
+                    nq * hd,
+                    nq * lh,
+                    nq * lw,
+                    nq * gw,
+                    nq * kb,
+                    nq,
+                    nq,
+                    nq,
+                ],
+                |[q, qs, th, tw, twr, s, mx, sum, cmax]| {
+                    for h in 0..heads {
+                        for (i, (row, rs)) in q
+                            .chunks_exact_mut(hd)
+                            .zip(qs.chunks_exact_mut(hd))
+                            .enumerate()
+                        {
+                            let src = &qkv[(r0 + i) * 3 * c + h * hd..][..hd];
+                            match bias(h * hd) {
+                                Some(b) => row
+                                    .iter_mut()
+                                    .zip(src.iter().zip(b))
+                                    .for_each(|(d, (x, y))| *d = x + y),
+                                None => row.copy_from_slice(src),
+                            }
+                            rs.iter_mut()
+                                .zip(row.iter())
+                                .for_each(|(d, &x)| *d = x * scale);
+                        }
+                        gemm_packed(nq, q, hd, 1, &rh_t, th, lh, false);
+                        gemm_packed(nq, q, hd, 1, &rw_t, tw, lw, false);
+                        reverse_width_terms(tw, twr, nq, gw, coords);
+                        let out = &mut ob[h * hd..];
+                        for k0 in (0..n).step_by(kb) {
+                            let kn = kb.min(n - k0);
+                            gemm_packed_cols(nq, qs, hd, 1, &kv[h].0, k0, kn, None, s, kb);
+                            add_rel_tables(s, kb, nq, (th, twr), (gh, gw), k0, kn, coords, cmax);
+                            for (i, row) in s.chunks_mut(kb).take(nq).enumerate() {
+                                let row = &mut row[..kn];
+                                let m = cmax[i];
+                                if k0 == 0 {
+                                    mx[i] = m;
+                                    sum[i] = exp_sub_sum(row, m);
+                                } else if m > mx[i] {
+                                    let f = exp_scalar(mx[i] - m);
+                                    out[i * c..i * c + hd].iter_mut().for_each(|x| *x *= f);
+                                    mx[i] = m;
+                                    sum[i] = sum[i] * f + exp_sub_sum(row, m);
+                                } else {
+                                    sum[i] += exp_sub_sum(row, mx[i]);
+                                }
+                            }
+                            gemm_packed_rows(nq, s, kb, 1, &kv[h].1, k0, kn, out, c, k0 > 0);
+                        }
+                        for (i, &t) in sum.iter().enumerate() {
+                            let f = 1.0 / t;
+                            out[i * c..i * c + hd].iter_mut().for_each(|x| *x *= f);
                         }
                     }
-                    attend(
-                        q,
-                        hd,
-                        nq,
-                        scale,
-                        &kv[h].0,
-                        &kv[h].1,
-                        (&rh_t, &rw_t, (gh, gw)),
-                        |i| ((r0 + i) / gw, (r0 + i) % gw),
-                        &mut ob[h * hd..],
-                        c,
-                    );
-                }
-            });
+                },
+            );
         });
 }
 

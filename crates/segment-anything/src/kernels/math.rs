@@ -253,7 +253,7 @@ mod avx {
     /// Softmax of one row in place: exp(x − max) · (1 / Σ).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_row(x: &mut [f32]) {
-        let sum = softmax_unnormalized(x);
+        let sum = exp_sub_sum(x, row_max(x));
         let n = x.len();
         let inv = _mm256_set1_ps(1.0 / sum);
         let mut i = 0;
@@ -268,9 +268,33 @@ mod avx {
         }
     }
 
-    /// `x = exp(x − max)` in place; returns Σ.
+    /// `x[i] = (x[i] + a) + b[i]`; returns the largest of `m` and the new values.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn softmax_unnormalized(x: &mut [f32]) -> f32 {
+    pub unsafe fn add_add_max(x: &mut [f32], a: f32, b: &[f32], m: f32) -> f32 {
+        let n = x.len();
+        let av = _mm256_set1_ps(a);
+        let mut mv = _mm256_set1_ps(m);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_add_ps(
+                _mm256_add_ps(_mm256_loadu_ps(x.as_ptr().add(i)), av),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+            );
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), v);
+            mv = _mm256_max_ps(mv, v);
+            i += 8;
+        }
+        let mut m = hmax(mv);
+        for (v, &bv) in x[i..].iter_mut().zip(&b[i..n]) {
+            *v = (*v + a) + bv;
+            m = m.max(*v);
+        }
+        m
+    }
+
+    /// The largest element (−∞ for an empty row).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn row_max(x: &[f32]) -> f32 {
         let n = x.len();
         let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
         let mut i = 0;
@@ -282,6 +306,13 @@ mod avx {
         for &v in &x[i..] {
             m = m.max(v);
         }
+        m
+    }
+
+    /// `x = exp(x − m)` in place; returns Σ.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+        let n = x.len();
         let mv = _mm256_set1_ps(m);
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
@@ -715,12 +746,40 @@ pub fn softmax_unnormalized(x: &mut [f32]) -> f32 {
     if x.is_empty() {
         return 0.0;
     }
+    exp_sub_sum(x, row_max(x))
+}
+
+/// `x[i] = (x[i] + a) + b[i]` (in that order); returns the largest of `m` and the new values.
+pub fn add_add_max(x: &mut [f32], a: f32, b: &[f32], m: f32) -> f32 {
+    assert!(b.len() >= x.len(), "add_add_max: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are available; `b` is at least as long as `x`.
+        return unsafe { avx::add_add_max(x, a, b, m) };
+    }
+    x.iter_mut().zip(b).fold(m, |m, (v, &bv)| {
+        *v = (*v + a) + bv;
+        m.max(*v)
+    })
+}
+
+/// The largest element of `x` (−∞ for an empty slice).
+pub fn row_max(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available.
-        return unsafe { avx::softmax_unnormalized(x) };
+        return unsafe { avx::row_max(x) };
     }
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// `x = exp(x − m)` in place; returns the sum. With `m ≥ max(x)` every value is at most 1.
+pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are available.
+        return unsafe { avx::exp_sub_sum(x, m) };
+    }
     let mut sum = 0.0;
     for v in x.iter_mut() {
         *v = exp_scalar(*v - m);
