@@ -123,12 +123,10 @@ fn layer_norm_rows(
 }
 
 /// Relative-position terms of one head for `nq` query rows: `th = q · Rhᵀ` (nq × (2·gh − 1)), `tw = q · Rwᵀ`,
-/// and [`add_rel_tables`] over all keys; returns each score row's maximum in `maxes`. Score rows are `lds`
-/// apart.
+/// and [`add_rel_tables`] over all keys (score rows gh·gw apart); returns each score row's maximum in `maxes`.
 #[allow(clippy::too_many_arguments)]
 fn add_rel_pos(
     s: &mut [f32],
-    lds: usize,
     q: &[f32],
     ldq: usize,
     nq: usize,
@@ -143,17 +141,8 @@ fn add_rel_pos(
         gemm_packed(nq, q, ldq, 1, rh_t, th, lh, false);
         gemm_packed(nq, q, ldq, 1, rw_t, tw, lw, false);
         reverse_width_terms(tw, twr, nq, grid.1, &coords);
-        add_rel_tables(
-            s,
-            lds,
-            nq,
-            (th, twr),
-            grid,
-            0,
-            grid.0 * grid.1,
-            coords,
-            maxes,
-        );
+        let nk = grid.0 * grid.1;
+        add_rel_tables(s, nk, nq, (th, twr), grid, 0, nk, coords, maxes);
     });
 }
 
@@ -228,21 +217,21 @@ fn attend(
 ) {
     let hd = kt.k();
     let nk = kt.n();
-    let lds = nk;
-    with_scratch([nq * hd, nq * lds], |[qs, s]| {
+    with_scratch([nq * hd, nq * nk], |[qs, s]| {
         for (i, row) in qs.chunks_exact_mut(hd).enumerate() {
             for (d, &x) in row.iter_mut().zip(&q[i * ldq..i * ldq + hd]) {
                 *d = x * scale;
             }
         }
-        gemm_packed(nq, qs, hd, 1, kt, s, lds, false);
+        gemm_packed(nq, qs, hd, 1, kt, s, nk, false);
         // Softmax with its normalisation applied to the (head_dim-wide) output rows instead of the scores.
+        // `inv` holds the rows' maxima, then 1 / Σ.
         with_scratch([nq], |[inv]| {
-            add_rel_pos(s, lds, q, ldq, nq, rel.0, rel.1, rel.2, coords, inv);
-            for (f, row) in inv.iter_mut().zip(s.chunks_exact_mut(lds)) {
+            add_rel_pos(s, q, ldq, nq, rel.0, rel.1, rel.2, coords, inv);
+            for (f, row) in inv.iter_mut().zip(s.chunks_exact_mut(nk)) {
                 *f = 1.0 / exp_sub_sum(&mut row[..nk], *f);
             }
-            gemm_packed(nq, s, lds, 1, v, out, ldo, false);
+            gemm_packed(nq, s, nk, 1, v, out, ldo, false);
             for (i, &f) in inv.iter().enumerate() {
                 out[i * ldo..i * ldo + hd].iter_mut().for_each(|x| *x *= f);
             }

@@ -731,13 +731,7 @@ pub fn softmax_row(x: &mut [f32]) {
         // SAFETY: AVX2 and FMA are available.
         return unsafe { avx::softmax_row(x) };
     }
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = exp_scalar(*v - m);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / softmax_unnormalized(x);
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
