@@ -284,7 +284,7 @@ impl MaskDecoder {
         let (c1, c2) = (self.upscale1.out_channels(), self.upscale2.out_channels());
         let d = self.embed_dim;
         let up1_w = PackedB::new(&up1_w, d, 4 * c1, 4 * c1, 1);
-        let up2_w = PackedB::new(&up2_w, c1, 4 * c2, 4 * c2, 1);
+
         let host_mlp =
             |m: &Mlp| -> Result<Vec<_>> { m.layers().iter().map(|l| l.host()).collect() };
         Ok(HostDecoder {

@@ -150,6 +150,60 @@ fn softmax_and_layer_norm_match_f64() {
     }
 }
 
+/// The fused residual + LayerNorm + positional add over rows (8-row blocks and a remainder) against f64.
+#[test]
+fn residual_norm_rows_match_f64() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for &(n, c) in &[(1usize, 256usize), (13, 256), (16, 24), (9, 7), (8, 8)] {
+        let x = rand_vec(&mut rng, n * c, 3.0);
+        let y0 = rand_vec(&mut rng, n * c, 2.0);
+        let pe = rand_vec(&mut rng, n * c, 1.0);
+        let bias = rand_vec(&mut rng, c, 1.0);
+        // An offset mean, so that the centring matters.
+        let bias: Vec<f32> = bias.iter().map(|b| b + 5.0).collect();
+        let w = rand_vec(&mut rng, c, 1.0);
+        let b = rand_vec(&mut rng, c, 1.0);
+        let mut y = y0.clone();
+        let (mut out, mut xpe) = (vec![f32::NAN; n * c], vec![f32::NAN; n * c]);
+        let mut stats = vec![(f32::NAN, f32::NAN); n];
+        math::residual_norm_rows(
+            &mut y, &x, &bias, &w, &b, 1e-6, &mut out, &pe, &mut xpe, &mut stats,
+        );
+        for i in 0..n {
+            let r: Vec<f64> = (0..c)
+                .map(|j| x[i * c + j] as f64 + (y0[i * c + j] as f64 + bias[j] as f64))
+                .collect();
+            let mean = r.iter().sum::<f64>() / c as f64;
+            let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+            let rstd = 1.0 / (var + 1e-6).sqrt();
+            assert!(
+                (stats[i].0 as f64 - mean).abs() <= 1e-5 * (1.0 + mean.abs()),
+                "mean n={n} c={c}"
+            );
+            assert!(
+                (stats[i].1 as f64 - rstd).abs() <= 1e-5 * rstd,
+                "rstd n={n} c={c}"
+            );
+            for j in 0..c {
+                assert!(
+                    (y[i * c + j] as f64 - r[j]).abs() <= 1e-5 * (1.0 + r[j].abs()),
+                    "residual"
+                );
+                let want = (r[j] - mean) * rstd * w[j] as f64 + b[j] as f64;
+                assert!(
+                    (out[i * c + j] as f64 - want).abs() <= 2e-5,
+                    "norm n={n} c={c}"
+                );
+                let want_pe = want + pe[i * c + j] as f64;
+                assert!(
+                    (xpe[i * c + j] as f64 - want_pe).abs() <= 3e-5,
+                    "xpe n={n} c={c}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gemm_matches_naive_with_strides() {
     let mut rng = StdRng::seed_from_u64(2);

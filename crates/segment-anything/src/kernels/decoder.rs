@@ -10,7 +10,8 @@
 //!   softmax over the image tokens runs online over row chunks (flash-attention style);
 //! * image → token attention: the scores are `(x + pe) · (W_q,hᵀ k_h)` as above, and the output projection is
 //!   folded into the (heads·T × D) matrix `U_(h,t) = W_o,h v_h[t]`, so the output is one product with the
-//!   probabilities;
+//!   probabilities; as each head's probabilities sum to 1, the last token's rows are subtracted from the others
+//!   and their sum moved into the bias, leaving a product with heads·(T − 1) columns;
 //! * the image-to-token attention of one layer, the residual and LayerNorm, and the token-to-image scores of
 //!   the next layer run in one pass per row chunk, while the rows are in cache;
 //! * the final token-to-image attention is computed only for the tokens that are read afterwards (the IoU
@@ -30,20 +31,59 @@
 //!
 //! With that cache, the first output upscaling is folded through the image-to-token attentions ([`Fold`]): the
 //! final keys are the cached embedding plus low-rank attention updates under two LayerNorms, so the transposed
-//! convolution of the embedding part is cached too and only a product with ~119 per-token coefficients (instead
+//! convolution of the embedding part is cached too and only a product with ~100 per-token coefficients (instead
 //! of D = 256 channels) remains per decode.
+//!
+//! Products whose left-hand side is read column-major (weighted key sums `pᵀx`) or whose right-hand side is a
+//! per-decode matrix go through the `gemm` crate (packed, AVX-512 where available); products with a right-hand
+//! side packed once per decode (the score matrices) use [`super::direct`].
 
 use rayon::prelude::*;
 
 use super::direct::{gemm_direct, gemm_packed, gemm_packed_bias, PackedB};
 use super::math::{
-    exp_inplace, gelu_inplace, layer_norm_row, row_dots, softmax_interleaved, softmax_row,
+    exp_inplace, gelu_inplace, residual_norm_rows, row_dots, softmax_interleaved, softmax_row,
     transpose_add,
 };
 use super::{with_scratch, HostLinear, Par};
 
 /// Image-token rows per chunk of a pass.
 const CHUNK_ROWS: usize = 256;
+
+/// `C (m×n) = A·B` (or `+=`) with the `gemm` crate: `A` element (i, l) at `a[i·ars + l·acs]`, `B` element (l, j) at
+/// `b[l·brs + j·bcs]`, `C` row-major (`ldc`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_seq(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ars: usize,
+    acs: usize,
+    b: &[f32],
+    brs: usize,
+    bcs: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    super::gemm(
+        m,
+        n,
+        k,
+        super::MatMut::rows(c, ldc),
+        super::Mat::strided(a, ars, acs),
+        super::Mat::strided(b, brs, bcs),
+        accumulate,
+        Par::Seq,
+    )
+}
+/// Rows of `c` (row length `bias.len()`, stride `ldc`) set to `bias`.
+fn fill_rows(c: &mut [f32], m: usize, ldc: usize, bias: &[f32]) {
+    for i in 0..m {
+        c[i * ldc..i * ldc + bias.len()].copy_from_slice(bias);
+    }
+}
 
 /// LayerNorm parameters on host memory.
 #[derive(Debug, Clone)]
@@ -170,8 +210,8 @@ pub struct HostDecoder {
     pub up1_b: Vec<f32>,
     /// LayerNorm2d over C1.
     pub up_norm: HostNorm,
-    /// Second transposed conv (C1, 4·C2), columns ordered (a, b, out).
-    pub up2_w: PackedB,
+    /// Second transposed conv (C1, 4·C2) row-major, columns ordered (a, b, out).
+    pub up2_w: Vec<f32>,
     /// Its bias repeated (4·C2).
     pub up2_b: Vec<f32>,
     /// Channels after the first upscaling.
@@ -243,10 +283,13 @@ struct I2t {
     g: Vec<f32>,
     gt: PackedB,
     c: Vec<f32>,
-    /// (heads·T × D) packed.
-    u: PackedB,
-    /// The same, unpacked (rows (token, head)).
-    u_rows: Vec<f32>,
+    /// The output matrix relative to the last token: rows (token, head) for the first T − 1 tokens,
+    /// `U_(h,t) − U_(h,T−1)` ((heads·(T − 1)) × D, `U_(h,t) = W_o,h v_h[t]`). Each head's probabilities sum to 1,
+    /// so the output is the product of the first heads·(T − 1) probabilities with this matrix plus
+    /// `Σ_h U_(h,T−1)` (in `bias`).
+    u: Vec<f32>,
+    /// Output bias of the attention plus `Σ_h U_(h,T−1)` (D).
+    bias: Vec<f32>,
     /// With the first layer's image-side queries cached: the token keys per head, scaled by 1/√dh, (heads, dh,
     /// `kt_ld`) with the tokens zero-padded to `kt_ld`; the scores are then the cached queries times these.
     kt: Option<Vec<f32>>,
@@ -259,7 +302,7 @@ struct I2t {
 impl I2t {
     /// Columns of the scores (heads·T).
     fn cols(&self) -> usize {
-        self.u.k()
+        self.shape.0 * self.shape.2
     }
 
     /// Scores (r × heads·T, columns (token, head)) of image-token queries `q` (r × heads·dh) from the cache.
@@ -316,9 +359,9 @@ struct Layer0 {
     key: Layer0Key,
     /// Keys: embedding + dense prompt vector (n × D).
     x0: Vec<f32>,
-    /// Token-to-image keys `W_k (x0 + pe) + b_k`, transposed (internal × n).
-    k0t: Vec<f32>,
-    /// Token-to-image values `W_v x0 + b_v` (n × internal).
+    /// Token-to-image keys `W_k (x0 + pe) + b_k`, per head transposed and packed (head dim × n).
+    k0t: Vec<PackedB>,
+    /// Token-to-image values `W_v x0 + b_v`, head-major (heads, n, head dim).
     v0: Vec<f32>,
     /// Image-to-token queries `W_q (x0 + pe) + b_q` (n × internal).
     q0: Vec<f32>,
@@ -435,7 +478,8 @@ fn column_partial(s: &mut [f32], r: usize, cols: usize, x: &[f32], d: usize) -> 
         }
     }
     let mut z = vec![0f32; cols * d];
-    gemm_direct(cols, d, r, s, 1, cols, x, d, &mut z, d, false);
+    // sᵀ·x (`s` read column-major): the `gemm` crate's packed kernels are faster for this orientation.
+    gemm_seq(cols, d, r, s, 1, cols, x, d, 1, &mut z, d, false);
     Partial { m, l, z }
 }
 
@@ -466,21 +510,23 @@ struct Record<'a> {
 
 /// The first output upscaling folded through the image-to-token attentions (used when the first layer's image
 /// side is cached). The final keys are `k_L`, with `k_0 = x0` and `k_(l+1) = LN_l(k_l + P_l·U_l + b_o,l)` (`P_l`
-/// the attention probabilities of each image token, `U_l` the (heads·T × D) output matrix). With each
+/// the attention probabilities of each image token for the first T − 1 tokens, `U_l` the (heads·(T − 1) × D)
+/// output matrix relative to the last token and `b_o,l` the output bias plus the last token's rows; see
+/// `I2t::u`). With each
 /// LayerNorm written `γ_l ⊙ (y − μ_l)·r_l + β_l`, `Γ_l = γ_l ⊙ … ⊙ γ_(L−1)` and `R_l = r_l ⋯ r_(L−1)` (per token),
 ///
 /// `k_L·W = R_0·(x0 ⊙ Γ_0)·W + Σ_l [R_l·P_l·(U_l ⊙ Γ_l)·W + R_l·(b_o,l ⊙ Γ_l)·W − R_l·μ_l·Γ_l·W + R_(l+1)·(β_l ⊙ Γ_(l+1))·W]`,
 ///
 /// so the first transposed convolution is `R_0·xt` (cached per embedding) plus one product of per-token
-/// coefficients (Σ_l (heads·T + 3) + 1 columns instead of D) with a per-set matrix.
+/// coefficients (Σ_l (heads·(T − 1) + 3) + 1 columns instead of D) with a per-set matrix.
 struct Fold<'a> {
     /// `(x0 ⊙ Γ_0)·W` (n × 4·C1).
     xt: &'a [f32],
     /// Per set, the recorded coefficients (n × `k`): per layer `P_l`, 1, −μ_l, r_l (scaled by `R` when used).
     coef: &'a [Vec<f32>],
-    /// Per set, the matrix (`k` × 4·C1), packed.
-    m: Vec<PackedB>,
-    /// Per layer: first column and heads·T.
+    /// Per set, the matrix (`k` × 4·C1), row-major.
+    m: Vec<Vec<f32>>,
+    /// Per layer: first column and heads·(T − 1).
     layers: Vec<(usize, usize)>,
     /// Columns of the coefficients (the last one is the constant 1 of the bias row).
     k: usize,
@@ -546,37 +592,32 @@ impl PassCtx<'_> {
         out: &mut [f32],
         pe_c: &[f32],
         xpe: &mut [f32],
-        mut rec: Option<&mut [f32]>,
+        rec: Option<&mut [f32]>,
     ) {
         let d = self.d;
-        let (_, attn, norm, t) = self.i2t.unwrap();
+        let (_, _, norm, t) = self.i2t.unwrap();
         let (rec_col, rec_stride) = self.rec;
         let ht = p.gt.n();
+        let hu = p.u.len() / d;
         with_scratch([r * ht, r * d], |[pr, o]| {
             for (dst, src) in pr.chunks_exact_mut(ht).zip(s.chunks_exact(stride)) {
                 dst.copy_from_slice(&src[col0..col0 + ht]);
                 softmax_interleaved(dst, t, ht / t);
             }
-            gemm_packed(r, pr, ht, 1, &p.u, o, d, false);
-            for (i, ((((orow, xrow), dst), prow), qrow)) in o
-                .chunks_exact_mut(d)
-                .zip(x.chunks_exact(d))
-                .zip(out.chunks_exact_mut(d))
-                .zip(pe_c.chunks_exact(d))
-                .zip(xpe.chunks_exact_mut(d))
-                .enumerate()
-            {
-                for ((ov, xv), bv) in orow.iter_mut().zip(xrow).zip(&attn.o.b) {
-                    *ov = xv + (*ov + bv);
-                }
-                let (mean, rstd) = layer_norm_row(orow, dst, &norm.w, &norm.b, norm.eps);
-                add_into(qrow, dst, prow);
-                if let Some(rec) = rec.as_deref_mut() {
-                    let row = &mut rec[i * rec_stride + rec_col..][..ht + 3];
-                    row[..ht].copy_from_slice(&pr[i * ht..(i + 1) * ht]);
-                    row[ht] = 1.0;
-                    row[ht + 1] = -mean;
-                    row[ht + 2] = rstd;
+            // The first heads·(T − 1) probabilities of each row (see `I2t::u`).
+            gemm_seq(r, d, hu, pr, ht, 1, &p.u, d, 1, o, d, false);
+            let mut stats = [(0f32, 0f32); CHUNK_ROWS];
+            let stats = &mut stats[..r];
+            residual_norm_rows(
+                o, x, &p.bias, &norm.w, &norm.b, norm.eps, out, pe_c, xpe, stats,
+            );
+            if let Some(rec) = rec {
+                for (i, &(mean, rstd)) in stats.iter().enumerate() {
+                    let row = &mut rec[i * rec_stride + rec_col..][..hu + 3];
+                    row[..hu].copy_from_slice(&pr[i * ht..i * ht + hu]);
+                    row[hu] = 1.0;
+                    row[hu + 1] = -mean;
+                    row[hu + 2] = rstd;
                 }
             }
         })
@@ -758,8 +799,16 @@ impl HostDecoder {
         }
         g.iter_mut().for_each(|v| *v /= scale);
         let gt = PackedB::new(&g, d, nh * t, 1, d);
-        let u_rows = u;
-        let u = PackedB::new(&u_rows, nh * t, d, d, 1);
+        // Relative to the last token (see `I2t::u`).
+        let (u_rows, last) = u.split_at_mut((t - 1) * nh * d);
+        for row in u_rows.chunks_exact_mut(nh * d) {
+            row.iter_mut().zip(&*last).for_each(|(a, b)| *a -= b);
+        }
+        let mut bias = attn.o.b.clone();
+        for lh in last.chunks_exact(d) {
+            bias.iter_mut().zip(lh).for_each(|(a, b)| *a += b);
+        }
+        u.truncate((t - 1) * nh * d);
         let kt_ld = if nh == 8 && t <= 8 { 8 } else { t };
         let kt = cached.then(|| {
             let mut kt = vec![0f32; nh * dh * kt_ld];
@@ -777,7 +826,7 @@ impl HostDecoder {
             gt,
             c,
             u,
-            u_rows,
+            bias,
             kt,
             kt_ld,
             shape: (nh, dh, t),
@@ -808,25 +857,14 @@ impl HostDecoder {
             .map(|task| {
                 let (b, h) = (task / nh, task % nh);
                 with_scratch([t * n], |[s]| {
-                    gemm_direct(
-                        t,
-                        n,
-                        dh,
-                        &qs[b][h * dh..],
-                        di,
-                        1,
-                        &l0.k0t[h * dh * n..(h + 1) * dh * n],
-                        n,
-                        s,
-                        n,
-                        false,
-                    );
+                    gemm_packed(t, &qs[b][h * dh..], di, 1, &l0.k0t[h], s, n, false);
                     for row in s.chunks_exact_mut(n) {
                         row.iter_mut().for_each(|v| *v /= scale);
                         softmax_row(row);
                     }
                     let mut oh = vec![0f32; t * dh];
-                    gemm_direct(t, dh, n, s, n, 1, &l0.v0[h * dh..], di, &mut oh, dh, false);
+                    let vh = &l0.v0[h * n * dh..(h + 1) * n * dh];
+                    gemm_direct(t, dh, n, s, n, 1, vh, dh, &mut oh, dh, false);
                     oh
                 })
             })
@@ -899,11 +937,21 @@ impl HostDecoder {
             .for_each(|((o, x), p)| add_into(o, x, p));
         let blk = &self.layers[0];
         let k0 = blk.t2i.k.forward(&xpe, n, Par::Auto);
-        let v0 = blk.t2i.v.forward(&x0, n, Par::Auto);
+        let v0_rows = blk.t2i.v.forward(&x0, n, Par::Auto);
+        // Head-major (heads, n, dh): each head's values are contiguous.
+        let (nh, dh) = (blk.t2i.heads, blk.t2i.head_dim());
+        let mut v0 = vec![0f32; v0_rows.len()];
+        for (h, vh) in v0.chunks_exact_mut(n * dh).enumerate() {
+            for (dst, src) in vh.chunks_exact_mut(dh).zip(v0_rows.chunks_exact(nh * dh)) {
+                dst.copy_from_slice(&src[h * dh..(h + 1) * dh]);
+            }
+        }
         let q0 = blk.i2t.q.forward(&xpe, n, Par::Auto);
         let di = blk.t2i.internal();
-        let mut k0t = vec![0f32; di * n];
-        super::math::transpose(&k0, di, &mut k0t, n, n, di);
+        let dh = blk.t2i.head_dim();
+        let k0t: Vec<PackedB> = (0..blk.t2i.heads)
+            .map(|h| PackedB::new(&k0[h * dh..], dh, n, 1, di))
+            .collect();
         // The folded upscaling's image part (x0 ⊙ Γ_0)·W_up1.
         let g0 = &self.norm4_chain()[0];
         let w = 4 * self.c1;
@@ -945,10 +993,10 @@ impl HostDecoder {
         g
     }
 
-    /// The matrix of the folded upscaling of one set ([`Fold`]) from each layer's output matrix `us[l]`
-    /// (heads·T × D), packed: per layer the rows `(U_l ⊙ Γ_l)·W`, `(b_o,l ⊙ Γ_l)·W`, `Γ_l·W`,
-    /// `(β_l ⊙ Γ_(l+1))·W`, then the bias of the convolution.
-    fn fold_matrix(&self, us: &[&[f32]], gammas: &[Vec<f32>]) -> PackedB {
+    /// The matrix of the folded upscaling of one set ([`Fold`]) from each layer's output matrix and output bias
+    /// `us[l]` ((heads·(T − 1) × D), (D)), row-major: per layer the rows `(U_l ⊙ Γ_l)·W`, `(b_o,l ⊙ Γ_l)·W`,
+    /// `Γ_l·W`, `(β_l ⊙ Γ_(l+1))·W`, then the bias of the convolution.
+    fn fold_matrix(&self, us: &[(&[f32], &[f32])], gammas: &[Vec<f32>]) -> Vec<f32> {
         let (d, w) = (self.dim, 4 * self.c1);
         let mut a: Vec<f32> = Vec::new();
         let ones = vec![1f32; d];
@@ -958,8 +1006,8 @@ impl HostDecoder {
             }
         };
         for (l, blk) in self.layers.iter().enumerate() {
-            push_scaled(us[l], &gammas[l]);
-            push_scaled(&blk.i2t.o.b, &gammas[l]);
+            push_scaled(us[l].0, &gammas[l]);
+            push_scaled(us[l].1, &gammas[l]);
             push_scaled(&gammas[l], &ones);
             push_scaled(&blk.norm4.b, &gammas[l + 1]);
         }
@@ -972,7 +1020,7 @@ impl HostDecoder {
             .zip(a.par_chunks(half * d))
             .for_each(|(o, x)| gemm_packed(x.len() / d, x, d, 1, &self.up1_w, o, w, false));
         m[rows * w..].copy_from_slice(&self.up1_b);
-        PackedB::new(&m, rows + 1, w, w, 1)
+        m
     }
 
     /// Number of embeddings whose first-layer image side is cached.
@@ -1028,7 +1076,9 @@ impl HostDecoder {
     /// * `i2t`: image-to-token attention (+ residual + norm) applied to the keys first;
     /// * `t2i`: token-to-image attention scores on the (new) keys; returns the weighted key sums per set
     ///   (heads·tokens × D);
-    /// * `rec`: where the image-to-token attention is recorded for the folded upscaling.
+    /// * `rec`: where the image-to-token attention is recorded for the folded upscaling;
+    /// * `keep_keys`: whether the keys after the image-to-token attention are stored back into `sets` (without
+    ///   shared keys), or only used within the pass (the last pass when the upscaling is folded).
     #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
@@ -1040,6 +1090,7 @@ impl HostDecoder {
         i2t: Option<I2tArgs<'_>>,
         t2i: &[T2i],
         rec: Option<Record<'_>>,
+        keep_keys: bool,
     ) -> Vec<Vec<f32>> {
         let d = self.dim;
         let b = t2i.len();
@@ -1158,13 +1209,20 @@ impl HostDecoder {
                             match i2t {
                                 Some((ps, ..)) => {
                                     let ht = ps[si].gt.n();
-                                    with_scratch([r * d, r * d, r * ht], |[x, xpe, s]| {
-                                        x.copy_from_slice(buf);
+                                    with_scratch([r * d, r * d, r * ht], |[tmp, xpe, s]| {
+                                        // The old keys are read from `buf`; the new ones go back there when
+                                        // they are kept, else to `tmp`.
+                                        let (x, out): (&[f32], &mut [f32]) = if keep_keys {
+                                            tmp.copy_from_slice(buf);
+                                            (tmp, buf)
+                                        } else {
+                                            (buf, tmp)
+                                        };
                                         add_into(xpe, x, pe_c);
                                         scores(s, xpe, &ps[si].gt, &ps[si].c, r);
                                         let rec = recs.get_mut(si).map(|v| &mut **v);
-                                        ctx.i2t_apply(x, s, ht, 0, r, &ps[si], buf, pe_c, xpe, rec);
-                                        ctx.t2i_partial_xpe(buf, xpe, r, &t2i[si])
+                                        ctx.i2t_apply(x, s, ht, 0, r, &ps[si], out, pe_c, xpe, rec);
+                                        ctx.t2i_partial_xpe(out, xpe, r, &t2i[si])
                                     })
                                 }
                                 None => ctx.t2i_partial(buf, pe_c, r, &t2i[si]),
@@ -1249,7 +1307,8 @@ impl HostDecoder {
                 let mut cols = Vec::with_capacity(n_layers);
                 let mut k = 0;
                 for blk in &self.layers {
-                    let ht = blk.i2t.heads * t;
+                    // The probabilities of the first T − 1 tokens (see `I2t::u`).
+                    let ht = blk.i2t.heads * (t - 1);
                     cols.push((k, ht));
                     k += ht + 3;
                 }
@@ -1259,8 +1318,9 @@ impl HostDecoder {
             Some((_, k)) => (0..bsz).map(|_| self.pool.take(n * k)).collect(),
             None => Vec::new(),
         };
-        // Per layer, per set: the image-to-token output matrix (heads·T × D).
-        let mut fold_us: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n_layers];
+        // Per layer, per set: the image-to-token output matrix relative to the last token (heads·(T − 1) × D) and
+        // the output bias (D).
+        let mut fold_us: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); n_layers];
         // Whether the keys are still the shared initial keys (before the first image-to-token attention).
         let mut shared_live = shared_keys.is_some() || l0.is_some();
         let mut pending_i2t: Option<(Vec<I2t>, usize)> = None;
@@ -1318,24 +1378,28 @@ impl HostDecoder {
                     };
                     let z = match (i2t_args, shared) {
                         (None, Some(_)) => {
-                            self.pass(n, inp.pe, shared, None, Vec::new(), None, &t2i, rec)
+                            self.pass(n, inp.pe, shared, None, Vec::new(), None, &t2i, rec, true)
                         }
                         (Some(args), Some(_)) => {
                             keys = (0..bsz).map(|_| self.pool.take(n * d)).collect();
                             let bufs: Vec<&mut [f32]> =
                                 keys.iter_mut().map(|k| &mut k[..]).collect();
-                            let z = self.pass(n, inp.pe, shared, q0, bufs, Some(args), &t2i, rec);
+                            let z =
+                                self.pass(n, inp.pe, shared, q0, bufs, Some(args), &t2i, rec, true);
                             shared_live = false;
                             z
                         }
                         (args, None) => {
                             let bufs: Vec<&mut [f32]> =
                                 keys.iter_mut().map(|k| &mut k[..]).collect();
-                            self.pass(n, inp.pe, None, None, bufs, args, &t2i, rec)
+                            // After the last layer the keys only feed the upscaling, which the fold
+                            // computes from the recorded coefficients.
+                            let keep = !(fold_layout.is_some() && li == n_layers);
+                            self.pass(n, inp.pe, None, None, bufs, args, &t2i, rec, keep)
                         }
                     };
                     if let (Some(_), Some((ps, pli))) = (&fold_layout, i2t_info) {
-                        fold_us[pli] = ps.into_iter().map(|p| p.u_rows).collect();
+                        fold_us[pli] = ps.into_iter().map(|p| (p.u, p.bias)).collect();
                     }
                     if !shared_live {
                         self.pool.give(shared_keys.take());
@@ -1405,7 +1469,8 @@ impl HostDecoder {
                     let gammas = self.norm4_chain();
                     let m = (0..bsz)
                         .map(|b| {
-                            let us: Vec<&[f32]> = fold_us.iter().map(|u| &u[b][..]).collect();
+                            let us: Vec<(&[f32], &[f32])> =
+                                fold_us.iter().map(|u| (&u[b].0[..], &u[b].1[..])).collect();
                             self.fold_matrix(&us, &gammas)
                         })
                         .collect();
@@ -1419,7 +1484,8 @@ impl HostDecoder {
                 }
                 _ => None,
             };
-            self.upscale(&keys, &hyper, (gh, gw), k_out, fold.as_ref())
+            let m = self.upscale(&keys, &hyper, (gh, gw), k_out, fold.as_ref());
+            m
         };
         self.pool.give(keys);
         self.pool.give(coef);
@@ -1474,7 +1540,20 @@ impl HostDecoder {
                 match fold {
                     Some(f) => {
                         f.coefficients(b, y0 * gw, r, cs, u1);
-                        gemm_packed(r, cs, kf, 1, &f.m[b], u1, 4 * c1, true);
+                        gemm_seq(
+                            r,
+                            4 * c1,
+                            kf,
+                            cs,
+                            kf,
+                            1,
+                            &f.m[b],
+                            4 * c1,
+                            1,
+                            u1,
+                            4 * c1,
+                            true,
+                        );
                     }
                     None => gemm_packed_bias(
                         r,
@@ -1498,16 +1577,20 @@ impl HostDecoder {
                 while i0 < rows1 {
                     let nb = SUB.min(rows1 - i0);
                     let u2b = &mut u2[..nb * 4 * c2];
-                    gemm_packed_bias(
+                    fill_rows(u2b, nb, 4 * c2, &self.up2_b);
+                    gemm_seq(
                         nb,
+                        4 * c2,
+                        c1,
                         &u1[i0 * c1..],
                         c1,
                         1,
                         &self.up2_w,
-                        Some(&self.up2_b),
+                        4 * c2,
+                        1,
                         u2b,
                         4 * c2,
-                        false,
+                        true,
                     );
                     gelu_inplace(u2b);
                     let mb = &mut m[..nb * 4 * k_out];

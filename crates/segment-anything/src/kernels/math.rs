@@ -653,6 +653,77 @@ mod avx {
         }
     }
 
+    /// See [`super::residual_norm_rows`]: 8 rows of `c` values (c a multiple of 8) at once, the per-row
+    /// reductions ending in one transposed horizontal sum for all 8 rows.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn residual_norm_rows8(
+        y: *mut f32,
+        x: *const f32,
+        bias: &[f32],
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+        out: *mut f32,
+        pe: *const f32,
+        xpe: *mut f32,
+        stats: &mut [(f32, f32)],
+    ) {
+        let c = bias.len();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let mut j = 0;
+            while j < c {
+                let q = y.add(r * c + j);
+                let v = _mm256_add_ps(
+                    _mm256_loadu_ps(x.add(r * c + j)),
+                    _mm256_add_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(bias.as_ptr().add(j))),
+                );
+                _mm256_storeu_ps(q, v);
+                *a = _mm256_add_ps(*a, v);
+                j += 8;
+            }
+        }
+        let inv_n = _mm256_set1_ps(1.0 / c as f32);
+        let mean = _mm256_mul_ps(hsum8(&acc), inv_n);
+        let mut mb = [0f32; 8];
+        _mm256_storeu_ps(mb.as_mut_ptr(), mean);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let mv = _mm256_set1_ps(mb[r]);
+            let mut j = 0;
+            while j < c {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(y.add(r * c + j)), mv);
+                *a = _mm256_fmadd_ps(d, d, *a);
+                j += 8;
+            }
+        }
+        let var = _mm256_mul_ps(hsum8(&acc), inv_n);
+        let rstd = _mm256_div_ps(
+            _mm256_set1_ps(1.0),
+            _mm256_sqrt_ps(_mm256_add_ps(var, _mm256_set1_ps(eps))),
+        );
+        let mut rb = [0f32; 8];
+        _mm256_storeu_ps(rb.as_mut_ptr(), rstd);
+        for r in 0..8 {
+            stats[r] = (mb[r], rb[r]);
+            let (mv, rv) = (_mm256_set1_ps(mb[r]), _mm256_set1_ps(rb[r]));
+            let mut j = 0;
+            while j < c {
+                let o = r * c + j;
+                let v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(y.add(o)), mv), rv);
+                let v = _mm256_fmadd_ps(
+                    v,
+                    _mm256_loadu_ps(w.as_ptr().add(j)),
+                    _mm256_loadu_ps(b.as_ptr().add(j)),
+                );
+                _mm256_storeu_ps(out.add(o), v);
+                _mm256_storeu_ps(xpe.add(o), _mm256_add_ps(v, _mm256_loadu_ps(pe.add(o))));
+                j += 8;
+            }
+        }
+    }
+
     /// LayerNorm of one row: `(x − mean)·rstd·w + b`, two-pass mean and (biased) variance.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn layer_norm_row(
@@ -799,6 +870,69 @@ pub fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f
         dst[i] = (src[i] - mean) * rstd * w[i] + b[i];
     }
     (mean, rstd)
+}
+
+/// Residual, LayerNorm and positional encoding over rows of `c = bias.len()` values: `y ← x + (y + bias)`,
+/// `out = LayerNorm(y)` (weights `w`, `b`), `xpe = out + pe`; `stats[i]` = (mean, rstd) of row i. All slices
+/// hold the same number of rows (`stats` one entry per row).
+#[allow(clippy::too_many_arguments)]
+pub fn residual_norm_rows(
+    y: &mut [f32],
+    x: &[f32],
+    bias: &[f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    pe: &[f32],
+    xpe: &mut [f32],
+    stats: &mut [(f32, f32)],
+) {
+    let c = bias.len();
+    let n = stats.len();
+    assert!(w.len() == c && b.len() == c);
+    assert!(y.len() == n * c && x.len() == n * c && out.len() == n * c);
+    assert!(pe.len() == n * c && xpe.len() == n * c);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && c.is_multiple_of(8) {
+        while done + 8 <= n {
+            let o = done * c;
+            // SAFETY: AVX2 + FMA available; 8 rows of c values (c a multiple of 8) from row `done` are in bounds
+            // of every slice (lengths checked above); `y`, `out` and `xpe` are distinct mutable borrows.
+            unsafe {
+                avx::residual_norm_rows8(
+                    y.as_mut_ptr().add(o),
+                    x.as_ptr().add(o),
+                    bias,
+                    w,
+                    b,
+                    eps,
+                    out.as_mut_ptr().add(o),
+                    pe.as_ptr().add(o),
+                    xpe.as_mut_ptr().add(o),
+                    &mut stats[done..done + 8],
+                )
+            };
+            done += 8;
+        }
+    }
+    for (i, st) in stats.iter_mut().enumerate().skip(done) {
+        let row = i * c..(i + 1) * c;
+        let yr = &mut y[row.clone()];
+        for ((v, xv), bv) in yr.iter_mut().zip(&x[row.clone()]).zip(bias) {
+            *v = xv + (*v + bv);
+        }
+        *st = layer_norm_row(yr, &mut out[row.clone()], w, b, eps);
+        for ((q, o), p) in xpe[row.clone()]
+            .iter_mut()
+            .zip(&out[row.clone()])
+            .zip(&pe[row])
+        {
+            *q = o + p;
+        }
+    }
 }
 
 /// Transpose: `dst[j·ldd + i] = src[i·lds + j]` for i < rows, j < cols.
