@@ -1,9 +1,10 @@
 //! Vectorised element-wise kernels on f32 slices: exp, exact GELU, softmax rows and LayerNorm rows.
 //!
-//! With AVX2 + FMA (detected at run time) eight lanes are processed at once. `exp` is a Cephes-style
-//! polynomial (≈1 ulp, like Sleef's `expf_u10` in PyTorch's CPU kernels); GELU is the exact form
-//! `0.5·x·(1 + erf(x/√2))` with a rational `erf` (|error| ≤ 3.5e-7, as accurate as PyTorch's vectorised CPU
-//! `erf`, at half its cost). Other machines use scalar code with the same formulas.
+//! With AVX2 + FMA (detected at run time) eight lanes are processed at once (sixteen for GELU with AVX-512F, the
+//! same operations per lane, so the same bits). `exp` is a Cephes-style polynomial (≈1 ulp, like Sleef's
+//! `expf_u10` in PyTorch's CPU kernels); GELU is the exact form `0.5·x·(1 + erf(x/√2))` with a rational `erf`
+//! (|error| ≤ 3.5e-7, as accurate as PyTorch's vectorised CPU `erf`, at half its cost). Other machines use scalar
+//! code with the same formulas.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -89,6 +90,67 @@ pub fn erf_scalar(v: f32) -> f32 {
 #[inline]
 pub fn gelu_scalar(x: f32) -> f32 {
     x * 0.5 * (1.0 + erf_scalar(x * SQRT1_2))
+}
+
+/// Whether the AVX-512F kernels can run on this machine.
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// 16-lane versions of the AVX2 kernels: the same operations in the same order per lane, so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+
+    #[inline(always)]
+    unsafe fn gelu16(x: __m512) -> __m512 {
+        let v = _mm512_mul_ps(x, _mm512_set1_ps(SQRT1_2));
+        let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
+        let v2 = _mm512_mul_ps(v, v);
+        let mut p = _mm512_fmadd_ps(
+            v2,
+            _mm512_set1_ps(ERF_ALPHA[0]),
+            _mm512_set1_ps(ERF_ALPHA[1]),
+        );
+        for &c in &ERF_ALPHA[2..] {
+            p = _mm512_fmadd_ps(v2, p, _mm512_set1_ps(c));
+        }
+        p = _mm512_mul_ps(v, p);
+        let mut q = _mm512_fmadd_ps(v2, _mm512_set1_ps(ERF_BETA[0]), _mm512_set1_ps(ERF_BETA[1]));
+        for &c in &ERF_BETA[2..] {
+            q = _mm512_fmadd_ps(v2, q, _mm512_set1_ps(c));
+        }
+        let erf = _mm512_div_ps(p, q);
+        _mm512_mul_ps(
+            _mm512_mul_ps(x, _mm512_set1_ps(0.5)),
+            _mm512_add_ps(_mm512_set1_ps(1.0), erf),
+        )
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gelu_inplace(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(32);
+        for c in &mut chunks {
+            let v0 = _mm512_loadu_ps(c.as_ptr());
+            let v1 = _mm512_loadu_ps(c.as_ptr().add(16));
+            let (g0, g1) = (gelu16(v0), gelu16(v1));
+            _mm512_storeu_ps(c.as_mut_ptr(), g0);
+            _mm512_storeu_ps(c.as_mut_ptr().add(16), g1);
+        }
+        for c in chunks.into_remainder().chunks_mut(16) {
+            let m: __mmask16 = ((1u32 << c.len()) - 1) as __mmask16;
+            let v = _mm512_maskz_loadu_ps(m, c.as_ptr());
+            _mm512_mask_storeu_ps(c.as_mut_ptr(), m, gelu16(v));
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -770,6 +832,11 @@ pub fn exp_inplace(x: &mut [f32]) {
 
 /// `x = GELU(x)` (exact, erf form) element-wise.
 pub fn gelu_inplace(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F is available.
+        return unsafe { avx512::gelu_inplace(x) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available.
