@@ -65,6 +65,30 @@ fn exp_matches_f64() {
     assert!(v.iter().all(|&x| x == 0.0));
 }
 
+/// The 16-lane exp kernels (where the machine has AVX-512) give the same bits as the 8-lane ones, sums included.
+#[test]
+fn exp_kernels_agree_across_vector_widths() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for n in [1usize, 7, 8, 15, 16, 17, 24, 31, 33, 200, 4099] {
+        let xs = rand_vec(&mut rng, n, if n % 2 == 0 { 2.0 } else { 30.0 });
+        let m = xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let (mut a, mut b) = (xs.clone(), xs.clone());
+        let sa = math::exp_sub_sum(&mut a, m);
+        let sb = math::exp_8_lanes(&mut b, m);
+        assert_eq!(sa.to_bits(), sb.to_bits(), "sum n={n}");
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "exp n={n}"
+        );
+        let mut c = xs.iter().map(|v| v - m).collect::<Vec<f32>>();
+        math::exp_inplace(&mut c);
+        assert!(
+            c.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "exp_inplace n={n}"
+        );
+    }
+}
+
 fn erf64(x: f64) -> f64 {
     // Abramowitz–Stegun 7.1.28-free: a series/continued fraction good to 1e-15 for our range.
     let t = x.abs();

@@ -1,10 +1,10 @@
 //! Vectorised element-wise kernels on f32 slices: exp, exact GELU, softmax rows and LayerNorm rows.
 //!
-//! With AVX2 + FMA (detected at run time) eight lanes are processed at once (sixteen for GELU with AVX-512F, the
-//! same operations per lane, so the same bits). `exp` is a Cephes-style polynomial (≈1 ulp, like Sleef's
-//! `expf_u10` in PyTorch's CPU kernels); GELU is the exact form `0.5·x·(1 + erf(x/√2))` with a rational `erf`
-//! (|error| ≤ 3.5e-7, as accurate as PyTorch's vectorised CPU `erf`, at half its cost). Other machines use scalar
-//! code with the same formulas.
+//! With AVX2 + FMA (detected at run time) eight lanes are processed at once; exp and GELU use sixteen with
+//! AVX-512F (the same operations per lane, sums accumulated in the same order: the same bits). `exp` is a
+//! Cephes-style polynomial (≈1 ulp, like Sleef's `expf_u10` in PyTorch's CPU kernels); GELU is the exact form
+//! `0.5·x·(1 + erf(x/√2))` with a rational `erf` (|error| ≤ 3.5e-7, as accurate as PyTorch's vectorised CPU
+//! `erf`, at half its cost). Other machines use scalar code with the same formulas.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -92,12 +92,12 @@ pub fn gelu_scalar(x: f32) -> f32 {
     x * 0.5 * (1.0 + erf_scalar(x * SQRT1_2))
 }
 
-/// Whether the AVX-512F kernels can run on this machine.
+/// Whether the AVX-512F kernels (which also use AVX2 and FMA) can run on this machine.
 #[inline]
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f")
+        has_avx2() && std::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -135,6 +135,93 @@ mod avx512 {
         )
     }
 
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(x, _mm512_set1_ps(EXP_HI));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(EXP_LO));
+        let fx = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), _mm512_set1_ps(0.5));
+        // Round towards −∞ (1), exceptions suppressed (8): `floor`.
+        let fx = _mm512_roundscale_ps::<0x09>(fx);
+        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(EXP_C1), x);
+        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(EXP_C2), r);
+        let z = _mm512_mul_ps(r, r);
+        let mut y = _mm512_set1_ps(EXP_P[0]);
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[1]));
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[2]));
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[3]));
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[4]));
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[5]));
+        y = _mm512_fmadd_ps(y, z, r);
+        y = _mm512_add_ps(y, _mm512_set1_ps(1.0));
+        let e = _mm512_cvttps_epi32(fx);
+        let e = _mm512_add_epi32(e, _mm512_set1_epi32(127));
+        let e = _mm512_max_epi32(e, _mm512_setzero_si512());
+        let e = _mm512_slli_epi32::<23>(e);
+        _mm512_mul_ps(y, _mm512_castsi512_ps(e))
+    }
+
+    /// Mask of the first `n` (≤ 16) lanes.
+    #[inline(always)]
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn exp_inplace(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let v = _mm512_loadu_ps(c.as_ptr());
+            _mm512_storeu_ps(c.as_mut_ptr(), exp16(v));
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let m = first(rest.len());
+            let v = _mm512_maskz_loadu_ps(m, rest.as_ptr());
+            _mm512_mask_storeu_ps(rest.as_mut_ptr(), m, exp16(v));
+        }
+    }
+
+    /// As the AVX2 `exp_sub_sum`, with the sum accumulated in the same 8 lanes in the same order.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+        let n = x.len();
+        let mv = _mm512_set1_ps(m);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), mv));
+            _mm512_storeu_ps(x.as_mut_ptr().add(i), e);
+            let lo = _mm512_castps512_ps256(e);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
+            acc = _mm256_add_ps(_mm256_add_ps(acc, lo), hi);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let e = super::avx::exp8(_mm256_sub_ps(
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                _mm256_set1_ps(m),
+            ));
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut sum = super::avx::hsum(acc);
+        if i < n {
+            let e = super::avx::exp8(_mm256_sub_ps(
+                super::avx::load_partial(&x[i..], m),
+                _mm256_set1_ps(m),
+            ));
+            let mut buf = [0f32; 8];
+            _mm256_storeu_ps(buf.as_mut_ptr(), e);
+            let k = n - i;
+            x[i..].copy_from_slice(&buf[..k]);
+            for v in &buf[..k] {
+                sum += v;
+            }
+        }
+        sum
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gelu_inplace(x: &mut [f32]) {
         let mut chunks = x.chunks_exact_mut(32);
@@ -146,7 +233,7 @@ mod avx512 {
             _mm512_storeu_ps(c.as_mut_ptr().add(16), g1);
         }
         for c in chunks.into_remainder().chunks_mut(16) {
-            let m: __mmask16 = ((1u32 << c.len()) - 1) as __mmask16;
+            let m = first(c.len());
             let v = _mm512_maskz_loadu_ps(m, c.as_ptr());
             _mm512_mask_storeu_ps(c.as_mut_ptr(), m, gelu16(v));
         }
@@ -315,7 +402,11 @@ mod avx {
     /// Softmax of one row in place: exp(x − max) · (1 / Σ).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_row(x: &mut [f32]) {
-        let sum = exp_sub_sum(x, row_max(x));
+        let sum = if has_avx512() {
+            super::avx512::exp_sub_sum(x, row_max(x))
+        } else {
+            exp_sub_sum(x, row_max(x))
+        };
         let n = x.len();
         let inv = _mm256_set1_ps(1.0 / sum);
         let mut i = 0;
@@ -823,11 +914,33 @@ mod avx {
 /// `x = exp(x)` element-wise.
 pub fn exp_inplace(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F (with AVX2 and FMA) is available.
+        return unsafe { avx512::exp_inplace(x) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available.
         return unsafe { avx::exp_inplace(x) };
     }
     x.iter_mut().for_each(|v| *v = exp_scalar(*v));
+}
+
+/// [`exp_inplace`] and [`exp_sub_sum`] without the AVX-512 kernels (8 lanes, or scalar code without AVX2), for
+/// checking that both give the same bits.
+#[doc(hidden)]
+pub fn exp_8_lanes(x: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are available.
+        return unsafe { avx::exp_sub_sum(x, m) };
+    }
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = exp_scalar(*v - m);
+        sum += *v;
+    }
+    sum
 }
 
 /// `x = GELU(x)` (exact, erf form) element-wise.
@@ -907,6 +1020,11 @@ pub fn row_max(x: &[f32]) -> f32 {
 
 /// `x = exp(x − m)` in place; returns the sum. With `m ≥ max(x)` every value is at most 1.
 pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F (with AVX2 and FMA) is available.
+        return unsafe { avx512::exp_sub_sum(x, m) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA are available.
