@@ -514,8 +514,8 @@ unsafe fn lerp_gather_avx512(line: &[f32], cols: &AxisTaps, out: &mut [f32]) {
             let v = _mm512_fmadd_ps(a, w0, _mm512_mul_ps(c, w1));
             _mm512_storeu_ps(out.as_mut_ptr().add(j), v);
         } else {
-            for jj in j..j + 16 {
-                out[jj] = one(jj);
+            for (jj, o) in out[j..j + 16].iter_mut().enumerate() {
+                *o = one(j + jj);
             }
         }
         j += 16;
