@@ -757,19 +757,17 @@ mod avx {
 
     /// In-place LayerNorm of 8 rows of `c` values (c a multiple of 8) at once: the per-row reductions end in
     /// one transposed horizontal sum for all 8 rows.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn layer_norm_rows8(x: &mut [f32], c: usize, w: &[f32], b: &[f32], eps: f32) {
-        let p = x.as_mut_ptr();
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (r, a) in acc.iter_mut().enumerate() {
-            let mut j = 0;
-            while j < c {
-                *a = _mm256_add_ps(*a, _mm256_loadu_ps(p.add(r * c + j)));
-                j += 8;
-            }
-        }
+    /// Means and reciprocal standard deviations of 8 rows of `c` values at `p` (row r at `p + r·c`), from their
+    /// sums (8 lanes per row): two-pass variance, `1 / √(var + eps)`.
+    #[inline(always)]
+    unsafe fn mean_rstd8(
+        sums: &[__m256; 8],
+        p: *const f32,
+        c: usize,
+        eps: f32,
+    ) -> ([f32; 8], [f32; 8]) {
         let inv_n = _mm256_set1_ps(1.0 / c as f32);
-        let mean = _mm256_mul_ps(hsum8(&acc), inv_n);
+        let mean = _mm256_mul_ps(hsum8(sums), inv_n);
         let mut mb = [0f32; 8];
         _mm256_storeu_ps(mb.as_mut_ptr(), mean);
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -789,6 +787,21 @@ mod avx {
         );
         let mut rb = [0f32; 8];
         _mm256_storeu_ps(rb.as_mut_ptr(), rstd);
+        (mb, rb)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn layer_norm_rows8(x: &mut [f32], c: usize, w: &[f32], b: &[f32], eps: f32) {
+        let p = x.as_mut_ptr();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let mut j = 0;
+            while j < c {
+                *a = _mm256_add_ps(*a, _mm256_loadu_ps(p.add(r * c + j)));
+                j += 8;
+            }
+        }
+        let (mb, rb) = mean_rstd8(&acc, p, c, eps);
         for r in 0..8 {
             let (mv, rv) = (_mm256_set1_ps(mb[r]), _mm256_set1_ps(rb[r]));
             let mut j = 0;
@@ -837,27 +850,7 @@ mod avx {
                 j += 8;
             }
         }
-        let inv_n = _mm256_set1_ps(1.0 / c as f32);
-        let mean = _mm256_mul_ps(hsum8(&acc), inv_n);
-        let mut mb = [0f32; 8];
-        _mm256_storeu_ps(mb.as_mut_ptr(), mean);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (r, a) in acc.iter_mut().enumerate() {
-            let mv = _mm256_set1_ps(mb[r]);
-            let mut j = 0;
-            while j < c {
-                let d = _mm256_sub_ps(_mm256_loadu_ps(y.add(r * c + j)), mv);
-                *a = _mm256_fmadd_ps(d, d, *a);
-                j += 8;
-            }
-        }
-        let var = _mm256_mul_ps(hsum8(&acc), inv_n);
-        let rstd = _mm256_div_ps(
-            _mm256_set1_ps(1.0),
-            _mm256_sqrt_ps(_mm256_add_ps(var, _mm256_set1_ps(eps))),
-        );
-        let mut rb = [0f32; 8];
-        _mm256_storeu_ps(rb.as_mut_ptr(), rstd);
+        let (mb, rb) = mean_rstd8(&acc, y, c, eps);
         for r in 0..8 {
             stats[r] = (mb[r], rb[r]);
             let (mv, rv) = (_mm256_set1_ps(mb[r]), _mm256_set1_ps(rb[r]));
