@@ -399,28 +399,6 @@ mod avx {
         }
     }
 
-    /// Softmax of one row in place: exp(x − max) · (1 / Σ).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn softmax_row(x: &mut [f32]) {
-        let sum = if has_avx512() {
-            super::avx512::exp_sub_sum(x, row_max(x))
-        } else {
-            exp_sub_sum(x, row_max(x))
-        };
-        let n = x.len();
-        let inv = _mm256_set1_ps(1.0 / sum);
-        let mut i = 0;
-        while i + 8 <= n {
-            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), inv);
-            _mm256_storeu_ps(x.as_mut_ptr().add(i), v);
-            i += 8;
-        }
-        let inv = 1.0 / sum;
-        for v in &mut x[i..] {
-            *v *= inv;
-        }
-    }
-
     /// `x[i] = (x[i] + a) + b[i]`; returns the largest of `m` and the new values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn add_add_max(x: &mut [f32], a: f32, b: &[f32], m: f32) -> f32 {
@@ -970,11 +948,7 @@ pub fn softmax_row(x: &mut [f32]) {
     if x.is_empty() {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available.
-        return unsafe { avx::softmax_row(x) };
-    }
+    // The exponentials and their sum by the widest kernel available, then one product per value.
     let inv = 1.0 / softmax_unnormalized(x);
     x.iter_mut().for_each(|v| *v *= inv);
 }
