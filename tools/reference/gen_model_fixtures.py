@@ -34,7 +34,7 @@ from segment_anything.modeling import PromptEncoder  # noqa: E402
 from torchvision.transforms.functional import resize, to_pil_image  # noqa: E402
 
 DEFAULT_OUT = os.path.join(R.REPO_ROOT, "crates", "segment-anything", "tests", "fixtures", "model")
-BUDGET_BYTES = 8_600_000
+BUDGET_BYTES = 10_200_000
 
 # Upscaled logits (K×H0×W0 float32) are big (chelsea: 541 KB per mask, coffee: 960 KB per mask; storing them
 # for every case would take ~35 MB), so they are stored only for this single-mask case to stay within the 8 MB
@@ -166,6 +166,9 @@ def main():
          [150.0, 80.0, 480.0, 330.0]),
         ("chelsea", "assets/images/chelsea.png", [[240.0, 130.0], [330.0, 210.0], [60.0, 40.0]],
          [100.0, 40.0, 380.0, 260.0]),
+        # A 4:2:0 JPEG (the usual camera / web file), decoded by Pillow as the official pipeline decodes it.
+        ("coffee_jpeg", "assets/images/coffee.jpg", [[310.0, 170.0], [430.0, 260.0], [90.0, 70.0]],
+         [140.0, 70.0, 470.0, 340.0]),
     ]
     for name, file, pts, box in photos:
         img = R.load_rgb(file)

@@ -455,7 +455,7 @@ def image_record(predictor: Any, model: Sam, tensors: Tensors, name: str, rel_fi
 
 
 # Images whose predictor cases also store the binary masks (B×K×H0×W0, bit-packed) for the mask IoU checks.
-MASK_BITS_IMAGES = {"chelsea"}
+MASK_BITS_IMAGES = {"chelsea", "coffee_jpeg"}
 
 
 def record_predict(predictor: Any, tensors: Tensors, image: str, case: str, *,

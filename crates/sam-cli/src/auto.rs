@@ -20,7 +20,7 @@ use segment_anything::amg::{
     AmgOutput, AmgParams, AmgProgress, AutomaticMaskGenerator, MaskRecord, OutputMode, Segmentation,
 };
 
-use super::{load_model, open_image, Log, ModelArgs};
+use super::{load_model, open_image, ImageReadArgs, Log, ModelArgs};
 
 /// Arguments of `sam auto`.
 #[derive(Args)]
@@ -29,6 +29,8 @@ pub struct AutoArgs {
     /// skipped with a warning).
     #[arg(long)]
     image: PathBuf,
+    #[command(flatten)]
+    read: ImageReadArgs,
     /// Output directory (created if missing).
     #[arg(long)]
     output_dir: PathBuf,
@@ -175,7 +177,7 @@ pub fn run(args: AutoArgs, log: &Log) -> Result<()> {
         if let Some(b) = &images_bar {
             b.set_message(stem.clone());
         }
-        let photo = match open_image(path) {
+        let photo = match open_image(path, &args.read) {
             Ok(p) => p,
             Err(e) if is_dir => {
                 let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

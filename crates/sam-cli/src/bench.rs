@@ -1,5 +1,6 @@
-//! `sam bench`: timings with random weights and no download — model load from safetensors, the image encoder,
-//! and `predict` for one prompt — reported as median and spread over several runs, with peak memory.
+//! `sam bench`: timings with random weights and no download — decoding the image file, model load from
+//! safetensors, the image encoder, and `predict` for one prompt — reported as median and spread over several
+//! runs, with peak memory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,16 +9,21 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use segment_anything::{checkpoint, PromptSet, Sam, SamPredictor, SamVariant};
+use segment_anything::{
+    checkpoint, load_image, ImageLoadOptions, PromptSet, Sam, SamPredictor, SamVariant,
+};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Models to time (comma-separated): vit_b, vit_l, vit_h.
+    /// Models to time (comma-separated): vit_b, vit_l, vit_h; empty for the decoding time alone.
     #[arg(long, default_value = "vit_b")]
     models: String,
     /// Image to encode (default: the bundled rocket photo if present, else a synthetic 1024×683 image).
     #[arg(long)]
     image: Option<PathBuf>,
+    /// Timed decodes of the image file (`load_image`, after one warm-up); 0 to skip. Needs an image file.
+    #[arg(long, default_value_t = 5)]
+    decode_runs: usize,
     /// Timed runs of the encoder (after one warm-up run).
     #[arg(long, default_value_t = 3)]
     encoder_runs: usize,
@@ -77,20 +83,39 @@ fn peak_rss_mib() -> Option<f64> {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = Device::Cpu;
-    let photo = match &a.image {
-        Some(p) => image::open(p).with_context(|| format!("cannot read {}", p.display()))?,
-        None => {
-            let default = PathBuf::from("assets/images/rocket.jpg");
-            match image::open(&default) {
-                Ok(img) => img,
-                Err(_) => {
-                    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(1024, 683, |x, y| {
-                        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
-                    }))
-                }
-            }
-        }
+    let options = ImageLoadOptions::default();
+    let default = PathBuf::from("assets/images/rocket.jpg");
+    let file = match &a.image {
+        Some(p) => Some(p.clone()),
+        None => default.is_file().then_some(default),
     };
+    let photo = match &file {
+        Some(p) => load_image(p, &options)?,
+        None => image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(1024, 683, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+        })),
+    };
+    if let (Some(p), true) = (&file, a.decode_runs > 0) {
+        let decode = time(a.decode_runs, || Ok(load_image(p, &options)?))?;
+        let (w, h) = (photo.width(), photo.height());
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "decode": {"median_ms": decode.median, "min_ms": decode.min, "max_ms": decode.max},
+                    "file": p.display().to_string(), "image": [w, h],
+                })
+            );
+        } else {
+            println!(
+                "decode {} ({w}×{h}) {:>9.1} ms (min {:.1}, max {:.1})",
+                p.display(),
+                decode.median,
+                decode.min,
+                decode.max
+            );
+        }
+    }
     let tmp = tempdir()?;
     for name in a.models.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let variant = SamVariant::from_name(name)?;

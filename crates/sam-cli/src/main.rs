@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use segment_anything::predictor::{ImageEmbedding, PromptSet, SamPredictor};
-use segment_anything::{checkpoint, download, Sam, SamConfig, SamVariant};
+use segment_anything::{checkpoint, download, ImageLoadOptions, Sam, SamConfig, SamVariant};
 
 /// Segment Anything (SAM) in Rust: masks from points, boxes and mask prompts.
 #[derive(Parser)]
@@ -67,11 +67,34 @@ struct ModelArgs {
     config: Option<PathBuf>,
 }
 
+/// How image files are read (shared by every command that takes images).
+#[derive(Args, Clone)]
+struct ImageReadArgs {
+    /// Ignore the EXIF orientation tag (by default the image is rotated/flipped as the tag says, like
+    /// `cv2.imread` and Hugging Face's `load_image`; prompts are in the frame of the oriented picture).
+    #[arg(long)]
+    ignore_exif: bool,
+    /// Refuse images with more pixels than this (decompression-bomb guard); 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = segment_anything::image_io::DEFAULT_MAX_PIXELS)]
+    max_image_pixels: u64,
+}
+
+impl ImageReadArgs {
+    fn options(&self) -> ImageLoadOptions {
+        ImageLoadOptions {
+            apply_exif_orientation: !self.ignore_exif,
+            max_pixels: (self.max_image_pixels > 0).then_some(self.max_image_pixels),
+        }
+    }
+}
+
 #[derive(Args)]
 struct SegmentArgs {
-    /// Input image (PNG or JPEG).
+    /// Input image (JPEG, PNG, WebP, TIFF, BMP or GIF).
     #[arg(long)]
     image: PathBuf,
+    #[command(flatten)]
+    read: ImageReadArgs,
     #[command(flatten)]
     model: ModelArgs,
     /// A point `X,Y` or `X,Y,LABEL` in image pixels (LABEL 1 = foreground, default; 0 = background). Repeatable.
@@ -100,9 +123,11 @@ struct SegmentArgs {
 
 #[derive(Args)]
 struct EmbedArgs {
-    /// Input image (PNG or JPEG).
+    /// Input image (JPEG, PNG, WebP, TIFF, BMP or GIF).
     #[arg(long)]
     image: PathBuf,
+    #[command(flatten)]
+    read: ImageReadArgs,
     /// Output file: `.npy` for a plain array, anything else for the library's embedding file.
     #[arg(long)]
     output: PathBuf,
@@ -217,17 +242,12 @@ fn parse_point(text: &str) -> Result<([f64; 2], i64)> {
     }
 }
 
-fn open_image(path: &Path) -> Result<image::DynamicImage> {
-    image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode image {}", path.display()))
+fn open_image(path: &Path, read: &ImageReadArgs) -> Result<image::DynamicImage> {
+    Ok(segment_anything::load_image(path, &read.options())?)
 }
 
 fn segment(a: SegmentArgs, log: &Log) -> Result<()> {
-    let photo = open_image(&a.image)?;
+    let photo = open_image(&a.image, &a.read)?;
     let (w, h) = (photo.width() as f64, photo.height() as f64);
     let mut prompt = PromptSet::default();
     for p in &a.points {
@@ -412,7 +432,7 @@ fn encode_image(
 }
 
 fn embed(a: EmbedArgs, log: &Log) -> Result<()> {
-    let photo = open_image(&a.image)?;
+    let photo = open_image(&a.image, &a.read)?;
     let sam = Arc::new(load_model(&a.model, log)?);
     let mut predictor = SamPredictor::new(sam.clone());
     encode_image(&mut predictor, &photo, &a.image, log)?;

@@ -49,7 +49,7 @@ fn report(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         };
         let mut p = SamPredictor::new(sam.clone());
         let start = Instant::now();
-        p.set_dynamic_image(&image::open(path)?)?;
+        p.set_dynamic_image(&segment_anything::load_image(path, &Default::default())?)?;
         let (d, m) = max_abs_diff(&p.image_embedding()?.embedding, get(&t, &img.embedding));
         println!(
             "{}: image embedding max|Δ| = {d:.3e} = {:.2e}·max|ref| (max|ref| {m:.2}); encoder {:.2?}",

@@ -3,7 +3,7 @@
 //! Usage: cargo run --release --example predict -- CHECKPOINT [IMAGE] [CONFIG.json]
 
 use candle_core::Device;
-use segment_anything::{PromptSet, Sam, SamConfig, SamPredictor};
+use segment_anything::{load_image, ImageLoadOptions, PromptSet, Sam, SamConfig, SamPredictor};
 
 fn main() -> segment_anything::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -20,8 +20,8 @@ fn main() -> segment_anything::Result<()> {
     // .pth or .safetensors, official or Hugging Face key layout; the variant is detected.
     let sam = Sam::load(checkpoint, config.as_ref(), &Device::Cpu)?;
     let mut predictor = SamPredictor::new(sam);
-    let photo =
-        image::open(image_path).map_err(|e| segment_anything::Error::Image(e.to_string()))?;
+    // Decoded exactly as Pillow / OpenCV decode it (JPEG, PNG, WebP, TIFF, BMP, GIF), EXIF orientation applied.
+    let photo = load_image(image_path, &ImageLoadOptions::default())?;
     predictor.set_dynamic_image(&photo)?; // the image encoder: once per image
 
     // Then any number of prompts (original-image pixels): the light decoder.

@@ -9,7 +9,8 @@ fn main() -> Result<()> {
         .unwrap_or(40);
     let dev = Device::Cpu;
     let sam = Sam::random(&SamConfig::vit_b(), 0, &dev)?;
-    let img = image::open("assets/images/rocket.jpg").unwrap();
+    let img =
+        segment_anything::load_image("assets/images/rocket.jpg", &Default::default()).unwrap();
     let mut p = SamPredictor::new(sam);
     let t = Instant::now();
     p.set_dynamic_image(&img)?;

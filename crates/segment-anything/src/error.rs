@@ -45,6 +45,10 @@ pub enum Error {
     /// An image that cannot be read or used.
     #[error("image: {0}")]
     Image(String),
+    /// An image file (or in-memory image data, `name`) that cannot be decoded: corrupt, truncated,
+    /// unsupported or over the pixel limit.
+    #[error("{name}: {message}")]
+    ImageFile { name: String, message: String },
     /// A failed download (unreachable server, HTTP error, dropped connection, wrong size or hash).
     #[error("download of {url} failed: {message}")]
     Download { url: String, message: String },

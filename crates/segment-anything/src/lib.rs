@@ -7,6 +7,7 @@ pub mod config;
 pub mod download;
 pub mod error;
 pub mod image_encoder;
+pub mod image_io;
 pub mod io;
 #[doc(hidden)]
 pub mod kernels;
@@ -23,6 +24,7 @@ pub mod weights;
 
 pub use config::{SamConfig, SamVariant};
 pub use error::{Error, Result};
+pub use image_io::{decode_image, load_image, ImageFileFormat, ImageLoadOptions};
 pub use predictor::{ImageEmbedding, ImageFormat, Prediction, PromptSet, SamPredictor};
 pub use prompt_encoder::Prompts;
 pub use sam::{Sam, SamInputs, SamOutputs};

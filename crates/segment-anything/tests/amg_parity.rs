@@ -137,7 +137,8 @@ fn generator_matches_official_records() {
     for case in &doc.cases {
         let mut params: AmgParams = serde_json::from_value(case.params.clone()).expect("params");
         params.output_mode = OutputMode::CocoRle;
-        let img = image::open(repo_root().join(&case.image)).expect("photo");
+        let img = segment_anything::load_image(repo_root().join(&case.image), &Default::default())
+            .expect("photo");
         assert_eq!(
             [img.height() as usize, img.width() as usize],
             case.size,
@@ -316,7 +317,11 @@ fn hex_lower(bytes: &[u8]) -> String {
 fn output_modes_agree() {
     let doc: CasesFile = read_json("cases.json");
     let sam = load_tiny(&fixtures().join(&doc.model));
-    let img = image::open(repo_root().join("assets/images/chelsea.png")).unwrap();
+    let img = segment_anything::load_image(
+        repo_root().join("assets/images/chelsea.png"),
+        &Default::default(),
+    )
+    .unwrap();
     let run = |mode: OutputMode| {
         let params = AmgParams {
             points_per_side: Some(3),

@@ -18,7 +18,7 @@ fn model(f: &Fixture) -> Arc<Sam> {
 fn predictor_for(f: &Fixture, sam: &Arc<Sam>, image: &str) -> SamPredictor {
     let img = f.image(image);
     let path = repo_root().join(img.file.as_ref().expect("photo file"));
-    let photo = image::open(&path).unwrap();
+    let photo = segment_anything::load_image(&path, &Default::default()).unwrap();
     let mut p = SamPredictor::new(sam.clone());
     p.set_dynamic_image(&photo).unwrap();
     p

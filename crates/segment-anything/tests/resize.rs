@@ -124,7 +124,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Decode a PNG of assets/images as (H, W, C) bytes with C = 1 (gray) or 3 (RGB).
 fn decode_photo(name: &str, channels: usize) -> (usize, usize, Vec<u8>) {
-    let img = image::open(images_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let img = segment_anything::load_image(images_dir().join(name), &Default::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let (w, h) = (img.width() as usize, img.height() as usize);
     let data = match channels {
         1 => img.into_luma8().into_raw(),
@@ -671,6 +672,8 @@ fn timing_resize_640x427() {
 }
 
 fn decode_photo_any(path: &Path) -> (usize, usize, Vec<u8>) {
-    let img = image::open(path).unwrap().into_rgb8();
+    let img = segment_anything::load_image(path, &Default::default())
+        .unwrap()
+        .into_rgb8();
     (img.height() as usize, img.width() as usize, img.into_raw())
 }
