@@ -4,7 +4,7 @@
 # error figures. Needs the reference requirements (pip install -r tools/reference/requirements.txt), ~8 GB of
 # memory for vit_h, and tens of minutes on 2 cores.
 #
-# Usage: tools/reference/full_size_parity.sh [OUT_DIR] [VARIANTS...]   (default: /tmp/sam-full-size vit_b vit_l vit_h)
+# Usage: [PYTHON=python3] tools/reference/full_size_parity.sh [OUT_DIR] [VARIANTS...]   (default: /tmp/sam-full-size vit_b vit_l vit_h)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-/tmp/sam-full-size}
@@ -13,7 +13,7 @@ variants=${*:-vit_b vit_l vit_h}
 cargo build --release -p segment-anything --example parity_report
 for v in $variants; do
   if [ ! -f "$out/$v/cases.json" ]; then
-    python3 tools/reference/full_size_reference.py --variant "$v" --out "$out/$v"
+    "${PYTHON:-python3}" tools/reference/full_size_reference.py --variant "$v" --out "$out/$v"
   fi
   ./target/release/examples/parity_report "$out/$v"
 done

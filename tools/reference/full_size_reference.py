@@ -7,7 +7,8 @@ Builds the official model for the preset with `sam_reference.randomize_` weights
   expected.safetensors  the tensors of the cases (float32), same format as the model fixtures
   cases.json            same format as crates/segment-anything/tests/fixtures/model/*/cases.json
 
-Cases on one photo (default assets/images/chelsea.png), through the official SamPredictor:
+Cases on each photo (default: assets/images/chelsea.png and the 4:2:0 JPEG assets/images/coffee.jpg, both decoded
+by Pillow as the official pipeline decodes them), through the official SamPredictor:
   <img>/one_point  (a) one positive point, multimask
   <img>/box        (c) a box, single mask
   <img>/box_point  (d) a box plus a point, multimask
@@ -17,7 +18,7 @@ Upscaled logits (masks_logits) are stored for every case.
 Memory: float32 under torch.no_grad; vit_h peaks at about 7 GB (2.6 GB of weights plus the 4096×4096×16
 attention maps of the global blocks); vit_b at 3.7 GB. CPU time on 2 cores: ~2 minutes (vit_b) to tens of minutes (vit_h).
 
-Usage: python tools/reference/full_size_reference.py --variant vit_b --out /tmp/sam_vit_b [--image PATH] [--seed N]
+Usage: python tools/reference/full_size_reference.py --variant vit_b --out /tmp/sam_vit_b [--image PATH]... [--seed N]
 """
 
 from __future__ import annotations
@@ -34,34 +35,17 @@ import sam_reference as R  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", required=True, choices=["vit_b", "vit_l", "vit_h"])
-    ap.add_argument("--out", required=True, help="output directory (created)")
-    ap.add_argument("--image", default="assets/images/chelsea.png",
-                    help="photo, repo-root relative (recorded as such in cases.json) or absolute")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    torch.set_grad_enabled(False)
-    t0 = time.time()
+# A PNG photo and a 4:2:0 JPEG photo (decoded by Pillow, as the official pipeline decodes it).
+DEFAULT_IMAGES = ["assets/images/chelsea.png", "assets/images/coffee.jpg"]
 
-    cfg = R.config_dict(args.variant, url=None, sha256=None, file_size=None)
-    model = R.randomize_(R.build_official_sam(cfg), args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    R.save_config_json(cfg, os.path.join(args.out, "config.json"))
-    torch.save(model.state_dict(), os.path.join(args.out, "model.pth"))
-    print(f"[{time.time() - t0:6.1f}s] built, randomised and saved {args.variant} "
-          f"({sum(t.numel() for t in model.state_dict().values()):,d} parameters)", flush=True)
 
-    rel = os.path.relpath(os.path.abspath(args.image), R.REPO_ROOT) if os.path.isabs(args.image) else args.image
+def add_photo(predictor, model, tensors, cases, images, image):
+    """Encode one photo with the official SamPredictor and record the four cases on it; returns its name."""
+    rel = os.path.relpath(os.path.abspath(image), R.REPO_ROOT) if os.path.isabs(image) else image
     img = R.load_rgb(rel)
     H, W = img.shape[:2]
     name = os.path.splitext(os.path.basename(rel))[0]
-    predictor = SamPredictor(model)
-    tensors, cases = R.Tensors(), []
-    images = [R.image_record(predictor, model, tensors, name, rel, img)]
-    print(f"[{time.time() - t0:6.1f}s] image encoded: {name} {H}x{W} -> {predictor.input_size}", flush=True)
-
+    images.append(R.image_record(predictor, model, tensors, name, rel, img))
     p0 = [0.53 * W, 0.43 * H]
     box = [0.22 * W, 0.13 * H, 0.84 * W, 0.87 * H]
     cases.append(R.record_predict(predictor, tensors, name, "one_point", point_coords=[p0], point_labels=[1],
@@ -80,11 +64,41 @@ def main():
                [0.4 * w, 0.1 * h, 0.98 * w, 0.95 * h],
                [0.0, 0.0, w - 1.0, h - 1.0]],
         multimask=True, store_masks_logits=True))
+    return name
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", required=True, choices=["vit_b", "vit_l", "vit_h"])
+    ap.add_argument("--out", required=True, help="output directory (created)")
+    ap.add_argument("--image", action="append",
+                    help="photo, repo-root relative (recorded as such in cases.json) or absolute; repeatable "
+                         f"(default: {' and '.join(DEFAULT_IMAGES)})")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    t0 = time.time()
+
+    cfg = R.config_dict(args.variant, url=None, sha256=None, file_size=None)
+    model = R.randomize_(R.build_official_sam(cfg), args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    R.save_config_json(cfg, os.path.join(args.out, "config.json"))
+    torch.save(model.state_dict(), os.path.join(args.out, "model.pth"))
+    print(f"[{time.time() - t0:6.1f}s] built, randomised and saved {args.variant} "
+          f"({sum(t.numel() for t in model.state_dict().values()):,d} parameters)", flush=True)
+
+    predictor = SamPredictor(model)
+    tensors, cases, images = R.Tensors(), [], []
+    for image in args.image or DEFAULT_IMAGES:
+        name = add_photo(predictor, model, tensors, cases, images, image)
+        print(f"[{time.time() - t0:6.1f}s] image encoded and cases recorded: {name} -> {predictor.input_size}",
+              flush=True)
 
     tensors.save(os.path.join(args.out, "expected.safetensors"))
     R.write_cases_json(os.path.join(args.out, "cases.json"), images, R.strip_private(cases))
-    emb = tensors.data[f"{name}/embedding"]
-    print(f"embedding {tuple(emb.shape)} std {emb.std():.3f}")
+    for im in images:
+        emb = tensors.data[im["embedding"]]
+        print(f"{im['name']}: embedding {tuple(emb.shape)} std {emb.std():.3f}")
     for c in cases:
         print(R.describe_case(c))
     for f in sorted(os.listdir(args.out)):

@@ -337,3 +337,76 @@ fn errors_are_one_line() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("coco_rle"));
     no_temporary_files(out.path());
 }
+
+/// `sam auto` on a 4:2:0 JPEG, end to end from the file, against the official `SamAutomaticMaskGenerator` run
+/// on the same file decoded by Pillow (`tests/fixtures/amg/cases.json`, case `loose/coffee_jpeg`): the same
+/// records in the same order, the same points and scores, and the same COCO strings.
+#[test]
+fn auto_on_a_jpeg_matches_the_official_generator() {
+    use sha2::Digest;
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../segment-anything/tests/fixtures/amg/cases.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let case = doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "loose/coffee_jpeg")
+        .expect("loose/coffee_jpeg in the AMG fixtures");
+    assert_eq!(case["image"], "assets/images/coffee.jpg");
+    assert_eq!(case["params"]["points_per_side"], 8);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sam();
+    c.arg("auto")
+        .arg("--image")
+        .arg(repo("assets/images/coffee.jpg"))
+        .arg("--output-dir")
+        .arg(dir.path())
+        .arg("--checkpoint")
+        .arg(fixture("model.pth"))
+        .arg("--config")
+        .arg(fixture("config.json"))
+        .args(["--output-mode", "coco_rle", "--points-per-side", "8"])
+        .args(["--pred-iou-thresh", "0", "--stability-score-thresh", "0"])
+        .args(["--box-nms-thresh", "1.0"]);
+    run_ok(&mut c);
+    let ours: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("coffee.json")).unwrap())
+            .unwrap();
+    let want = case["records"].as_array().unwrap();
+    assert_eq!(ours.len(), want.len(), "record count");
+    assert_eq!(ours.len(), 192);
+    let mut identical = 0;
+    for (i, (o, w)) in ours.iter().zip(want).enumerate() {
+        assert_eq!(
+            o["point_coords"][0], w["point_coords"],
+            "record {i}: point (order)"
+        );
+        let d = (o["predicted_iou"].as_f64().unwrap() - w["predicted_iou"].as_f64().unwrap()).abs();
+        assert!(d <= 1e-4, "record {i}: predicted_iou differs by {d}");
+        // As in the library's AMG parity test: areas within 1 % (pixels whose logit is within float rounding of
+        // the threshold may fall either way).
+        let (ao, aw) = (o["area"].as_f64().unwrap(), w["area"].as_f64().unwrap());
+        assert!(
+            ao.min(aw) / ao.max(aw).max(1.0) >= 0.99,
+            "record {i}: area {ao} vs {aw}"
+        );
+        let counts = o["segmentation"]["counts"].as_str().unwrap();
+        let sha: String = sha2::Sha256::digest(counts.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        identical += usize::from(sha[..16] == *w["counts_sha256"].as_str().unwrap());
+    }
+    // The tiny random model's masks are noise-like, so a few logits sit within float rounding of the threshold.
+    assert!(
+        identical * 100 >= ours.len() * 90,
+        "only {identical} of {} COCO strings identical to the official ones",
+        ours.len()
+    );
+}

@@ -350,3 +350,190 @@ fn download_reports_http_errors_and_leaves_the_cache_empty() {
         "nothing lands in the cache"
     );
 }
+
+/// The official outputs for the 4:2:0 JPEG photo `assets/images/coffee.jpg` (decoded by Pillow, encoded by
+/// the official `SamPredictor`; `tests/fixtures/model/tiny`).
+fn official_tensors() -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(fixture("expected.safetensors"), &candle_core::Device::Cpu)
+        .unwrap()
+}
+
+fn jpeg_photo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/images/coffee.jpg")
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn segment_on_a_jpeg_matches_the_official_predictor() {
+    // Case coffee_jpeg/one_point: one positive point at (310, 170), multimask.
+    let t = official_tensors();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sam();
+    tiny(c.arg("segment").arg("--image").arg(jpeg_photo()))
+        .args([
+            "--point",
+            "310,170",
+            "--multimask",
+            "--save-logits",
+            "--quiet",
+        ])
+        .arg("--output-dir")
+        .arg(dir.path());
+    let doc = run_json(&mut c);
+    assert_eq!(
+        (doc["width"].as_u64(), doc["height"].as_u64()),
+        (Some(600), Some(400))
+    );
+    let (low, shape) = read_npy(&dir.path().join("lowres_logits.npy"));
+    assert_eq!(shape, vec![3, 64, 64]);
+    let want = t["coffee_jpeg/one_point/low_res_logits"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let d = max_abs_diff(&low, &want);
+    assert!(d <= 1e-3, "low-res logits max|Δ| {d}");
+    let scores: Vec<f32> = doc["masks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["score"].as_f64().unwrap() as f32)
+        .collect();
+    let want = t["coffee_jpeg/one_point/iou_predictions"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let d = max_abs_diff(&scores, &want);
+    assert!(d <= 1e-4, "scores max|Δ| {d}");
+    // The binary masks at the original size against the official ones (numpy packbits, big-endian).
+    let bits = t["coffee_jpeg/one_point/masks_bits"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let plane = 600 * 400;
+    for k in 0..3 {
+        let mask = image::open(dir.path().join(format!("mask_{k}.png")))
+            .unwrap()
+            .to_luma8();
+        let (mut inter, mut union) = (0usize, 0usize);
+        for (i, p) in mask.pixels().enumerate() {
+            let j = k * plane + i;
+            let official = bits[j / 8] >> (7 - j % 8) & 1 == 1;
+            let ours = p.0[0] == 255;
+            inter += usize::from(ours && official);
+            union += usize::from(ours || official);
+        }
+        let iou = inter as f64 / union.max(1) as f64;
+        assert!(iou >= 0.999, "mask {k}: IoU {iou} with the official mask");
+    }
+}
+
+#[test]
+fn embed_on_a_jpeg_matches_the_official_embedding() {
+    let t = official_tensors();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("coffee.npy");
+    let mut c = sam();
+    tiny(
+        c.arg("embed")
+            .arg("--image")
+            .arg(jpeg_photo())
+            .arg("--output")
+            .arg(&out)
+            .arg("--quiet"),
+    );
+    let status = c.output().unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let (ours, shape) = read_npy(&out);
+    assert_eq!(shape, vec![64, 16, 16]);
+    let want = t["coffee_jpeg/embedding"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = max_abs_diff(&ours, &want);
+    assert!(
+        d <= 1e-4 * max_ref,
+        "embedding max|Δ| {d} (max|ref| {max_ref})"
+    );
+}
+
+#[test]
+fn exif_orientation_is_applied_unless_ignored() {
+    // A 61×37 photo stored with EXIF orientation 6 (rotate 90° clockwise to view): 37×61 as seen.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../segment-anything/tests/fixtures/decode/files/jpeg_exif_orientation_6.jpg");
+    for (extra, size) in [(None, (37, 61)), (Some("--ignore-exif"), (61, 37))] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = sam();
+        tiny(c.arg("segment").arg("--image").arg(&file))
+            .args(["--point", "10,10", "--quiet"])
+            .args(extra)
+            .arg("--output-dir")
+            .arg(dir.path());
+        let doc = run_json(&mut c);
+        assert_eq!(
+            (
+                doc["width"].as_u64().unwrap(),
+                doc["height"].as_u64().unwrap()
+            ),
+            size,
+            "{extra:?}"
+        );
+        let mask = image::open(dir.path().join("mask_0.png")).unwrap();
+        assert_eq!((mask.width() as u64, mask.height() as u64), size);
+    }
+}
+
+#[test]
+fn unreadable_images_are_clear_errors() {
+    let decode = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../segment-anything/tests/fixtures/decode/files");
+    for (file, words) in [
+        ("err_jpeg_truncated.jpg", "truncated"),
+        ("err_not_an_image.jpg", "not an image"),
+        ("err_jpeg_12bit.jpg", "not supported"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = sam();
+        tiny(c.arg("segment").arg("--image").arg(decode.join(file)))
+            .args(["--point", "10,10"])
+            .arg("--output-dir")
+            .arg(dir.path());
+        let out = c.output().unwrap();
+        assert!(!out.status.success(), "{file} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(file) && err.contains(words), "{file}: {err}");
+        assert!(!err.contains("panicked"), "{file}: {err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{file}: output written"
+        );
+    }
+    // The pixel limit is a flag.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sam();
+    tiny(c.arg("segment").arg("--image").arg(jpeg_photo()))
+        .args(["--point", "10,10", "--max-image-pixels", "1000"])
+        .arg("--output-dir")
+        .arg(dir.path());
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exceeds the limit of 1000 pixels"), "{err}");
+}
