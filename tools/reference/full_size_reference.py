@@ -45,6 +45,7 @@ def add_photo(predictor, model, tensors, cases, images, image):
     img = R.load_rgb(rel)
     H, W = img.shape[:2]
     name = os.path.splitext(os.path.basename(rel))[0]
+    R.MASK_BITS_IMAGES.add(name)  # binary masks of every photo, for the pixel counts
     images.append(R.image_record(predictor, model, tensors, name, rel, img))
     p0 = [0.53 * W, 0.43 * H]
     box = [0.22 * W, 0.13 * H, 0.84 * W, 0.87 * H]

@@ -32,7 +32,7 @@ import cv2
 import imagecodecs
 import numpy as np
 import tifffile
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageOps, JpegImagePlugin, features
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "assets" / "images"
@@ -390,7 +390,8 @@ def main():
             "numpy": np.__version__,
             "imagecodecs": imagecodecs.__version__,
             "tifffile": tifffile.__version__,
-            "libjpeg (Pillow)": getattr(__import__("PIL.features", fromlist=["x"]), "version_codec")("jpg"),
+            "libjpeg-turbo (Pillow)": features.version("libjpeg_turbo"),
+            "libwebp (Pillow)": features.version("webp"),
         },
         "cases": records,
         "errors": errors,
