@@ -168,6 +168,9 @@ def make_files(d, c):
             p.write_bytes(subprocess.run(["jpegtran", "-arithmetic"], input=src.getvalue(), capture_output=True, check=True).stdout)
 
         add("jpeg_arithmetic", "jpg", arith, "arithmetic coding (re-coded losslessly by jpegtran -arithmetic)")
+    # Lossless JPEG (SOF3), which Pillow and OpenCV read through libjpeg-turbo 3.
+    add("jpeg_lossless", "jpg", lambda p: p.write_bytes(imagecodecs.jpeg8_encode(c["cat"], lossless=True)))
+    add("jpeg_lossless_gray", "jpg", lambda p: p.write_bytes(imagecodecs.jpeg8_encode(c["camera"], lossless=True, predictor=7)))
     # EXIF orientation 1–8 on a non-square 4:2:0 photo.
     for n in range(1, 9):
         add(f"jpeg_exif_orientation_{n}", "jpg", lambda p, n=n: pil_save(p, c["small"], "JPEG", quality=85, exif=exif_orientation(n)))

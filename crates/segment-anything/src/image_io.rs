@@ -4,8 +4,10 @@
 //! `load_image`) or OpenCV (`cv2.imread`, the official `scripts/amg.py`). Both decode JPEG with libjpeg-turbo, so
 //! [`load_image`] decodes JPEG with libjpeg-turbo's decoder too (through MozJPEG, a libjpeg-turbo fork whose
 //! decoder is libjpeg-turbo's, built from vendored C source): same integer IDCT, same chroma upsampling, same
-//! colour conversion, so the same bytes. The other formats are lossless (PNG, TIFF, BMP, GIF, lossless WebP) or
-//! fully specified (lossy WebP) and are read with the `image` crate's decoders.
+//! colour conversion, so the same bytes. Lossless JPEG (SOF3), which MozJPEG's decoder does not read, goes through
+//! the `jpeg-decoder` crate (lossless decoding has no rounding, so every correct decoder agrees). The other formats
+//! are lossless (PNG, TIFF, BMP, GIF, lossless WebP) or fully specified (lossy WebP) and are read with the `image`
+//! crate's decoders.
 //!
 //! What a file becomes, format by format (each rule is checked against Pillow and OpenCV by the committed
 //! fixtures of `tools/reference/gen_decode_fixtures.py`):
@@ -60,7 +62,7 @@ impl Default for ImageLoadOptions {
 /// The file formats [`load_image`] reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageFileFormat {
-    /// JPEG / JFIF / EXIF (baseline, progressive, arithmetic-coded; 8-bit samples).
+    /// JPEG / JFIF / EXIF (baseline, progressive, arithmetic-coded, lossless; 8-bit samples).
     Jpeg,
     /// PNG, every colour type and bit depth.
     Png,
@@ -334,6 +336,9 @@ mod jpeg {
         bytes: &[u8],
         options: &ImageLoadOptions,
     ) -> std::result::Result<(DynamicImage, Option<Orientation>), String> {
+        if frame_type(bytes) == Some(0xC3) {
+            return decode_lossless(bytes, options);
+        }
         HIT_EOF.with(|f| f.set(false));
         let run = || -> std::result::Result<Decoded, String> {
             let d = Decompress::with_err(error_manager())
@@ -399,6 +404,57 @@ mod jpeg {
             ),
         };
         Ok((image, orientation))
+    }
+
+    /// The start-of-frame marker (`0xC0`…`0xCF`, except DHT, JPG and DAC) of a JPEG stream, from its headers.
+    fn frame_type(bytes: &[u8]) -> Option<u8> {
+        let mut i = 2;
+        while i + 4 <= bytes.len() {
+            if bytes[i] != 0xFF {
+                return None;
+            }
+            let marker = bytes[i + 1];
+            match marker {
+                0xFF => i += 1, // fill byte
+                0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => return Some(marker),
+                0xD8 | 0xD0..=0xD7 | 0x01 => i += 2,
+                0xDA | 0xD9 => return None,
+                _ => i += 2 + u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize,
+            }
+        }
+        None
+    }
+
+    /// Lossless (SOF3) JPEG, 8-bit samples.
+    fn decode_lossless(
+        bytes: &[u8],
+        options: &ImageLoadOptions,
+    ) -> std::result::Result<(DynamicImage, Option<Orientation>), String> {
+        let mut d = jpeg_decoder::Decoder::new(bytes);
+        d.read_info().map_err(describe_lossless)?;
+        let info = d.info().ok_or("file is corrupt: no frame header")?;
+        check_size(info.width as u64, info.height as u64, options)?;
+        let orientation = d
+            .exif_data()
+            .and_then(|e| Orientation::from_exif_chunk(e.strip_prefix(b"Exif\0\0").unwrap_or(e)));
+        let px = d.decode().map_err(describe_lossless)?;
+        let (w, h) = (info.width as u32, info.height as u32);
+        let image = match info.pixel_format {
+            jpeg_decoder::PixelFormat::L8 => DynamicImage::ImageLuma8(GrayImage::from_raw(w, h, px).ok_or(TRUNCATED)?),
+            jpeg_decoder::PixelFormat::RGB24 => DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, px).ok_or(TRUNCATED)?),
+            other => return Err(format!("variant not supported: lossless JPEG with {other:?} samples (8-bit gray and RGB are read)")),
+        };
+        Ok((image, orientation))
+    }
+
+    fn describe_lossless(e: jpeg_decoder::Error) -> String {
+        match e {
+            jpeg_decoder::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                TRUNCATED.into()
+            }
+            jpeg_decoder::Error::Unsupported(u) => format!("variant not supported: {u:?}"),
+            other => format!("file is corrupt: {other}"),
+        }
     }
 
     /// Name the kind of failure in libjpeg's message.

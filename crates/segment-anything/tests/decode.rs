@@ -135,6 +135,8 @@ fn every_jpeg_variant_is_in_the_corpus() {
         "jpeg_gray",
         "jpeg_cmyk_adobe",
         "jpeg_ycck",
+        "jpeg_lossless",
+        "jpeg_arithmetic",
         "jpeg_exif_orientation_6",
         "png_gray16",
         "png_palette4",
