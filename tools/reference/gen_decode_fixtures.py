@@ -382,6 +382,8 @@ def main():
                 "pillow_mode": mode,
                 "size": [int(pil.shape[1]), int(pil.shape[0])],
                 "expected_sha256": sha256(pil),
+                # Pillow's convert("L"), what a 1-channel model is given.
+                "expected_gray_sha256": sha256(np.array(ImageOps.exif_transpose(Image.open(path)).convert("L"))),
                 "pillow_vs_opencv_differing_bytes": differ(cv, pil),
             }
         )

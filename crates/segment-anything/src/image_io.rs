@@ -146,6 +146,24 @@ fn decode_named(bytes: &[u8], options: &ImageLoadOptions, name: &str) -> Result<
     Ok(image)
 }
 
+/// Gray bytes of an image as Pillow's `convert("L")` computes them: gray images as they are, colour ones with
+/// ITU-R 601-2 luma in 16-bit fixed point, `(19595·R + 38470·G + 7471·B + 2¹⁵) >> 16` (the `image` crate's
+/// `to_luma8` uses other weights). Alpha is ignored. Returns (H·W) bytes, row-major.
+pub fn to_gray_like_pillow(image: &DynamicImage) -> Vec<u8> {
+    match image {
+        DynamicImage::ImageLuma8(g) => g.as_raw().clone(),
+        other => other
+            .to_rgb8()
+            .as_raw()
+            .chunks_exact(3)
+            .map(|p| {
+                ((19595 * p[0] as u32 + 38470 * p[1] as u32 + 7471 * p[2] as u32 + 0x8000) >> 16)
+                    as u8
+            })
+            .collect(),
+    }
+}
+
 /// Refuse an image of `width × height` pixels above the limit.
 fn check_size(
     width: u64,

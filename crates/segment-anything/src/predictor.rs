@@ -305,11 +305,18 @@ impl SamPredictor {
         Ok(())
     }
 
-    /// Set an image from the `image` crate (converted to RGB, or to 8-bit gray for 1-channel models).
+    /// Set an image from the `image` crate (converted to RGB, or for 1-channel models to 8-bit gray as Pillow's
+    /// `convert("L")` computes it). Read files with [`crate::load_image`] to get the official loaders' pixels.
     pub fn set_dynamic_image(&mut self, image: &image::DynamicImage) -> Result<()> {
         let (w, h) = (image.width() as usize, image.height() as usize);
         match self.model.config().in_channels {
-            1 => self.set_image(image.to_luma8().as_raw(), h, w, 1, ImageFormat::Rgb),
+            1 => self.set_image(
+                &crate::image_io::to_gray_like_pillow(image),
+                h,
+                w,
+                1,
+                ImageFormat::Rgb,
+            ),
             3 => self.set_image(image.to_rgb8().as_raw(), h, w, 3, ImageFormat::Rgb),
             4 => self.set_image(image.to_rgba8().as_raw(), h, w, 4, ImageFormat::Rgb),
             c => Err(Error::arg(

@@ -173,6 +173,11 @@ fn committed_photos_decode_exactly() {
             photo["expected_sha256"].as_str().unwrap(),
             "{file}: pixels differ from Pillow's"
         );
+        assert_eq!(
+            sha256_hex(&segment_anything::image_io::to_gray_like_pillow(&img)),
+            photo["expected_gray_sha256"].as_str().unwrap(),
+            "{file}: gray pixels differ from Pillow's convert(\"L\")"
+        );
     }
 }
 
