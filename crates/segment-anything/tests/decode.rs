@@ -284,3 +284,19 @@ fn a_missing_file_is_an_io_error_naming_it() {
     assert!(matches!(err, Error::Io { .. }));
     assert!(err.to_string().contains("/nonexistent/photo.jpg"));
 }
+
+#[test]
+fn jpeg_end_of_file_rules_follow_pillow() {
+    // Pillow 13: bytes after the EOI marker are ignored; a file missing only its EOI marker is "truncated".
+    let path = fixture_dir().join("files/jpeg_q75_420.jpg");
+    let bytes = std::fs::read(&path).unwrap();
+    let whole = decode_image(&bytes, &ImageLoadOptions::default()).unwrap();
+    let mut trailing = bytes.clone();
+    trailing.extend_from_slice(&b"garbage".repeat(10));
+    let padded = decode_image(&trailing, &ImageLoadOptions::default()).unwrap();
+    assert_eq!(padded.to_rgb8().as_raw(), whole.to_rgb8().as_raw());
+    let text = decode_image(&bytes[..bytes.len() - 2], &ImageLoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("truncated"), "{text}");
+}
