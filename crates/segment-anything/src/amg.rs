@@ -462,15 +462,9 @@ impl AutomaticMaskGenerator {
         progress: Option<&mut dyn FnMut(AmgProgress)>,
     ) -> Result<AmgOutput> {
         let (w, h) = (image.width() as usize, image.height() as usize);
-        match self.model().config().in_channels {
-            1 => self.generate_detailed(image.to_luma8().as_raw(), h, w, 1, progress),
-            3 => self.generate_detailed(image.to_rgb8().as_raw(), h, w, 3, progress),
-            4 => self.generate_detailed(image.to_rgba8().as_raw(), h, w, 4, progress),
-            c => Err(Error::arg(
-                "image",
-                format!("cannot convert an image to {c} channels; use generate_pixels"),
-            )),
-        }
+        let channels = self.model().config().in_channels;
+        let pixels = crate::image_io::model_pixels(image, channels, "generate_pixels")?;
+        self.generate_detailed(&pixels, h, w, channels, progress)
     }
 
     /// Generate masks for interleaved `height × width × channels` u8 pixels (RGB for RGB models; see

@@ -164,6 +164,24 @@ pub fn to_gray_like_pillow(image: &DynamicImage) -> Vec<u8> {
     }
 }
 
+/// Interleaved u8 pixels of `image` with `channels` channels, for a model with that many input channels: gray as
+/// [`to_gray_like_pillow`], RGB, or RGBA. Returns (H·W·channels) bytes, row-major.
+pub(crate) fn model_pixels(
+    image: &DynamicImage,
+    channels: usize,
+    fallback: &str,
+) -> Result<Vec<u8>> {
+    match channels {
+        1 => Ok(to_gray_like_pillow(image)),
+        3 => Ok(image.to_rgb8().into_raw()),
+        4 => Ok(image.to_rgba8().into_raw()),
+        c => Err(Error::arg(
+            "image",
+            format!("cannot convert an image to {c} channels; use {fallback}"),
+        )),
+    }
+}
+
 /// Refuse an image of `width × height` pixels above the limit.
 fn check_size(
     width: u64,

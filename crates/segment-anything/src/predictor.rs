@@ -309,21 +309,9 @@ impl SamPredictor {
     /// `convert("L")` computes it). Read files with [`crate::load_image`] to get the official loaders' pixels.
     pub fn set_dynamic_image(&mut self, image: &image::DynamicImage) -> Result<()> {
         let (w, h) = (image.width() as usize, image.height() as usize);
-        match self.model.config().in_channels {
-            1 => self.set_image(
-                &crate::image_io::to_gray_like_pillow(image),
-                h,
-                w,
-                1,
-                ImageFormat::Rgb,
-            ),
-            3 => self.set_image(image.to_rgb8().as_raw(), h, w, 3, ImageFormat::Rgb),
-            4 => self.set_image(image.to_rgba8().as_raw(), h, w, 4, ImageFormat::Rgb),
-            c => Err(Error::arg(
-                "image",
-                format!("cannot convert an image to {c} channels; use set_image"),
-            )),
-        }
+        let channels = self.model.config().in_channels;
+        let pixels = crate::image_io::model_pixels(image, channels, "set_image")?;
+        self.set_image(&pixels, h, w, channels, ImageFormat::Rgb)
     }
 
     /// The official preprocessing: resize (Pillow bilinear), normalise with mean/std, zero-pad bottom/right.
