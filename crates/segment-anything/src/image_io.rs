@@ -316,9 +316,12 @@ mod jpeg {
         let err = unsafe { &*cinfo.err };
         let mut buffer = [0u8; 80];
         if let Some(format) = err.format_message {
-            // SAFETY: libjpeg's `format_message` writes at most 80 bytes (JMSG_LENGTH_MAX) into the buffer it
-            // is given; the binding declares the buffer `&[u8; 80]` though libjpeg writes through it.
-            unsafe { format(cinfo, &*(buffer.as_mut_ptr() as *const [u8; 80])) };
+            type Writing = unsafe extern "C-unwind" fn(&mut jpeg_common_struct, *mut u8);
+            // SAFETY: the binding declares the buffer argument `&[u8; 80]`, but libjpeg's `format_message` writes
+            // into it; both are one data pointer in the C ABI, so the function is called as taking `*mut u8`.
+            let format: Writing = unsafe { std::mem::transmute(format) };
+            // SAFETY: `format_message` writes at most JMSG_LENGTH_MAX = 80 bytes, the size of `buffer`.
+            unsafe { format(cinfo, buffer.as_mut_ptr()) };
         }
         let text = buffer.split(|&c| c == 0).next().unwrap_or_default();
         String::from_utf8_lossy(text).into_owned()
