@@ -232,6 +232,10 @@ def make_files(d, c):
     add("tiff_rgb16_bigendian", "tif", lambda p: tifffile.imwrite(p, rgb16, photometric="rgb", byteorder=">"), "16-bit")
     add("tiff_rgb8_tiled", "tif", lambda p: tifffile.imwrite(p, c["cup"], photometric="rgb", tile=(32, 32)))
     add("tiff_rgb8_planar", "tif", lambda p: tifffile.imwrite(p, np.moveaxis(rgb, 2, 0), photometric="rgb", planarconfig="separate"))
+    add("tiff_jpeg", "tif", lambda p: pil_save(p, rgb, "TIFF", compression="jpeg", quality=80))
+    add("tiff_jpeg_strips_ycbcr", "tif", lambda p: tifffile.imwrite(p, c["cup"], photometric="ycbcr", compression="jpeg", compressionargs={"level": 85}, rowsperstrip=32))
+    add("tiff_jpeg_tiles", "tif", lambda p: tifffile.imwrite(p, c["cup"], photometric="rgb", compression="jpeg", compressionargs={"level": 85}, tile=(64, 64)))
+    add("tiff_jpeg_gray", "tif", lambda p: tifffile.imwrite(p, g, compression="jpeg", compressionargs={"level": 85}, rowsperstrip=40))
     add("tiff_cmyk8", "tif", lambda p: pil_save(p, rgb, "TIFF", mode="CMYK"))
     add("tiff_orientation_6", "tif", lambda p: tifffile.imwrite(p, c["small"], photometric="rgb", extratags=[(274, "H", 1, 6, False)]))
 

@@ -5,7 +5,8 @@
 //! [`load_image`] decodes JPEG with libjpeg-turbo's decoder too (through MozJPEG, a libjpeg-turbo fork whose
 //! decoder is libjpeg-turbo's, built from vendored C source): same integer IDCT, same chroma upsampling, same
 //! colour conversion, so the same bytes. Lossless JPEG (SOF3), which MozJPEG's decoder does not read, goes through
-//! the `jpeg-decoder` crate (lossless decoding has no rounding, so every correct decoder agrees). The other formats
+//! the `jpeg-decoder` crate (lossless decoding has no rounding, so every correct decoder agrees); the JPEG strips
+//! and tiles of JPEG-compressed TIFFs go through libjpeg-turbo's decoder as libtiff sends them. The other formats
 //! are lossless (PNG, TIFF, BMP, GIF, lossless WebP) or fully specified (lossy WebP) and are read with the `image`
 //! crate's decoders.
 //!
@@ -207,6 +208,11 @@ fn decode_with_image_crate(
     format: ImageFileFormat,
     options: &ImageLoadOptions,
 ) -> std::result::Result<(DynamicImage, Option<Orientation>), String> {
+    if format == ImageFileFormat::Tiff {
+        if let Some(decoded) = jpeg_tiff::decode(bytes, options) {
+            return decoded;
+        }
+    }
     let crate_format = match format {
         ImageFileFormat::Png => image::ImageFormat::Png,
         ImageFileFormat::WebP => image::ImageFormat::WebP,
@@ -527,6 +533,144 @@ mod jpeg {
             }
         }
         out
+    }
+}
+
+/// JPEG-compressed TIFF (compression 7): each strip or tile is a JPEG stream (after the shared `JPEGTables`),
+/// decoded by libjpeg-turbo's decoder as libtiff (and so Pillow) decodes it, then placed in the image.
+mod jpeg_tiff {
+    use std::io::Cursor;
+
+    use image::metadata::Orientation;
+    use image::{DynamicImage, GrayImage, RgbImage};
+    use tiff::decoder::{ChunkType, Decoder};
+    use tiff::tags::Tag;
+
+    use super::{check_size, ImageLoadOptions};
+
+    type Decoded = std::result::Result<(DynamicImage, Option<Orientation>), String>;
+
+    /// `None` when the file is not a JPEG-compressed TIFF (or is not a TIFF this path reads; the general path
+    /// then reports the problem).
+    pub(super) fn decode(bytes: &[u8], options: &ImageLoadOptions) -> Option<Decoded> {
+        let mut d = Decoder::new(Cursor::new(bytes)).ok()?;
+        let compression = d.find_tag(Tag::Compression).ok()??.into_u16().ok()?;
+        if compression != 7 {
+            return None;
+        }
+        Some(decode_chunks(&mut d, bytes, options))
+    }
+
+    fn tag_u64s(d: &mut Decoder<Cursor<&[u8]>>, tag: Tag) -> std::result::Result<Vec<u64>, String> {
+        d.find_tag(tag)
+            .map_err(|e| format!("file is corrupt: {e}"))?
+            .ok_or_else(|| format!("file is corrupt: no {tag:?} tag"))?
+            .into_u64_vec()
+            .map_err(|e| format!("file is corrupt: {tag:?}: {e}"))
+    }
+
+    fn decode_chunks(
+        d: &mut Decoder<Cursor<&[u8]>>,
+        bytes: &[u8],
+        options: &ImageLoadOptions,
+    ) -> Decoded {
+        let (w, h) = d
+            .dimensions()
+            .map_err(|e| format!("file is corrupt: {e}"))?;
+        check_size(w as u64, h as u64, options)?;
+        let planar = d
+            .find_tag(Tag::PlanarConfiguration)
+            .ok()
+            .flatten()
+            .and_then(|v| v.into_u16().ok());
+        if planar.unwrap_or(1) != 1 {
+            return Err(
+                "variant not supported: JPEG compression with separate colour planes".into(),
+            );
+        }
+        let (offsets, counts) = match d.get_chunk_type() {
+            ChunkType::Strip => (
+                tag_u64s(d, Tag::StripOffsets)?,
+                tag_u64s(d, Tag::StripByteCounts)?,
+            ),
+            ChunkType::Tile => (
+                tag_u64s(d, Tag::TileOffsets)?,
+                tag_u64s(d, Tag::TileByteCounts)?,
+            ),
+        };
+        let (cw, ch) = d.chunk_dimensions();
+        let (cw, ch) = (cw as usize, ch as usize);
+        let across = (w as usize).div_ceil(cw.max(1));
+        let tables = d
+            .find_tag(Tag::JPEGTables)
+            .ok()
+            .flatten()
+            .and_then(|v| v.into_u8_vec().ok());
+        let orientation = d
+            .find_tag(Tag::Orientation)
+            .ok()
+            .flatten()
+            .and_then(|v| v.into_u16().ok())
+            .and_then(|o| Orientation::from_exif(o as u8));
+        let (w, h) = (w as usize, h as usize);
+        let mut channels = 0;
+        let mut out = Vec::new();
+        let whole = ImageLoadOptions {
+            apply_exif_orientation: false,
+            max_pixels: None,
+        };
+        for (i, (&off, &len)) in offsets.iter().zip(&counts).enumerate() {
+            let chunk = usize::try_from(off)
+                .ok()
+                .zip(usize::try_from(len).ok())
+                .and_then(|(o, l)| bytes.get(o..o.checked_add(l)?))
+                .ok_or_else(|| format!("file is truncated: chunk {i} lies outside the file"))?;
+            let stream = match &tables {
+                // The tables are a JPEG stream of their own (SOI … EOI); the chunk starts with SOI again.
+                Some(t) if t.len() >= 4 && chunk.len() >= 2 => {
+                    [&t[..t.len() - 2], &chunk[2..]].concat()
+                }
+                _ => chunk.to_vec(),
+            };
+            let (img, _) =
+                super::jpeg::decode(&stream, &whole).map_err(|m| format!("chunk {i}: {m}"))?;
+            let (jw, jh) = (img.width() as usize, img.height() as usize);
+            let (img_c, px) = match img {
+                DynamicImage::ImageLuma8(g) => (1, g.into_raw()),
+                DynamicImage::ImageRgb8(c) => (3, c.into_raw()),
+                other => {
+                    return Err(format!(
+                        "variant not supported: chunk {i} decodes to {:?}",
+                        other.color()
+                    ))
+                }
+            };
+            if channels == 0 {
+                channels = img_c;
+                out = vec![0u8; w * h * channels];
+            } else if channels != img_c {
+                return Err(format!(
+                    "file is corrupt: chunk {i} has {img_c} channels, not {channels}"
+                ));
+            }
+            let (x0, y0) = ((i % across) * cw, (i / across) * ch);
+            let rows = jh.min(ch).min(h.saturating_sub(y0));
+            let cols = jw.min(cw).min(w.saturating_sub(x0));
+            for r in 0..rows {
+                let src = &px[r * jw * channels..(r * jw + cols) * channels];
+                let dst = ((y0 + r) * w + x0) * channels;
+                out[dst..dst + cols * channels].copy_from_slice(src);
+            }
+        }
+        let (w32, h32) = (w as u32, h as u32);
+        let image = match channels {
+            1 => {
+                DynamicImage::ImageLuma8(GrayImage::from_raw(w32, h32, out).ok_or("no image data")?)
+            }
+            3 => DynamicImage::ImageRgb8(RgbImage::from_raw(w32, h32, out).ok_or("no image data")?),
+            _ => return Err("file is corrupt: no image data".into()),
+        };
+        Ok((image, orientation))
     }
 }
 
