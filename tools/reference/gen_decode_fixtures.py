@@ -236,6 +236,10 @@ def make_files(d, c):
     add("tiff_jpeg_strips_ycbcr", "tif", lambda p: tifffile.imwrite(p, c["cup"], photometric="ycbcr", compression="jpeg", compressionargs={"level": 85}, rowsperstrip=32))
     add("tiff_jpeg_tiles", "tif", lambda p: tifffile.imwrite(p, c["cup"], photometric="rgb", compression="jpeg", compressionargs={"level": 85}, tile=(64, 64)))
     add("tiff_jpeg_gray", "tif", lambda p: tifffile.imwrite(p, g, compression="jpeg", compressionargs={"level": 85}, rowsperstrip=40))
+    add("tiff_gray8_miniswhite", "tif", lambda p: tifffile.imwrite(p, g, photometric="miniswhite"))
+    add("tiff_bilevel", "tif", lambda p: tifffile.imwrite(p, g > 128))
+    add("tiff_bilevel_group4", "tif", lambda p: pil_save(p, g, "TIFF", mode="1", compression="group4"))
+    add("tiff_gray8_lzw_predictor", "tif", lambda p: pil_save(p, g, "TIFF", compression="tiff_lzw", tiffinfo={317: 2}))
     add("tiff_cmyk8", "tif", lambda p: pil_save(p, rgb, "TIFF", mode="CMYK"))
     add("tiff_orientation_6", "tif", lambda p: tifffile.imwrite(p, c["small"], photometric="rgb", extratags=[(274, "H", 1, 6, False)]))
 
