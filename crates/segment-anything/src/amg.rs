@@ -747,7 +747,7 @@ impl AutomaticMaskGenerator {
                 let plane = &low[i * mh * mw..(i + 1) * mh * mw];
                 process_mask(plane, iou[i], points[i / k], &params)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let stable = outcomes
             .iter()
             .filter(|o| !matches!(o, MaskOutcome::Unstable))
@@ -783,7 +783,7 @@ struct MaskParams {
 }
 
 /// Upsample one mask, score its stability, binarise, box, edge-filter and run-length encode it.
-fn process_mask(low: &[f32], iou: f32, point: [f64; 2], p: &MaskParams) -> MaskOutcome {
+fn process_mask(low: &[f32], iou: f32, point: [f64; 2], p: &MaskParams) -> Result<MaskOutcome> {
     let (ch, cw) = p.crop_size;
     let up = resize::postprocess_masks(
         low,
@@ -793,12 +793,12 @@ fn process_mask(low: &[f32], iou: f32, point: [f64; 2], p: &MaskParams) -> MaskO
         p.input_size,
         p.resized_size,
         p.crop_size,
-    );
+    )?;
     let stability = stability_score_from_counts(stability_counts(&up, cw, p.hi, p.lo));
     // `>=` in f32; NaN (empty union) fails it.
     let stable = stability >= p.stability_thresh as f32;
     if p.stability_thresh > 0.0 && !stable {
-        return MaskOutcome::Unstable;
+        return Ok(MaskOutcome::Unstable);
     }
     let t = p.mask_threshold;
     let bin: Vec<u8> = up.iter().map(|&v| u8::from(v > t)).collect();
@@ -809,7 +809,7 @@ fn process_mask(low: &[f32], iou: f32, point: [f64; 2], p: &MaskParams) -> MaskO
     let (oh, ow) = p.orig_size;
     let orig_box = [0, 0, ow as i64, oh as i64];
     if is_box_near_crop_edge(&bbox, &p.crop_box, &orig_box, 20.0) {
-        return MaskOutcome::NearCropEdge;
+        return Ok(MaskOutcome::NearCropEdge);
     }
     let rle = rle::rle_from_crop(
         &bin,
@@ -818,14 +818,14 @@ fn process_mask(low: &[f32], iou: f32, point: [f64; 2], p: &MaskParams) -> MaskO
         (p.crop_box[0] as usize, p.crop_box[1] as usize),
         p.orig_size,
     );
-    MaskOutcome::Kept(Candidate {
+    Ok(MaskOutcome::Kept(Candidate {
         rle,
         bbox,
         iou,
         point,
         stability,
         crop_box: p.crop_box,
-    })
+    }))
 }
 
 /// `(count(> hi), count(> lo))` of a row-major plane with the official int16 row sums and int32 total.

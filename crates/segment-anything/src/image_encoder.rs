@@ -23,7 +23,7 @@ fn resize_planes(planes: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> 
         return Ok(planes.clone());
     }
     let data = planes.flatten_all()?.to_vec1::<f32>()?;
-    let out = interpolate_bilinear(&data, p, h, w, out_h, out_w);
+    let out = interpolate_bilinear(&data, p, h, w, out_h, out_w)?;
     Ok(Tensor::from_vec(out, (p, out_h, out_w), planes.device())?)
 }
 

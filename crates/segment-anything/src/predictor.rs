@@ -579,7 +579,7 @@ impl SamPredictor {
         let low = reader.as_ref().map_or(&owned[..], |r| r.as_slice());
         let dev = self.model.device();
         Ok(if return_logits {
-            let up = resize::try_postprocess_masks(
+            let up = resize::postprocess_masks(
                 low,
                 n * k,
                 mh,
@@ -590,7 +590,7 @@ impl SamPredictor {
             )?;
             Tensor::from_vec(up, (n, k, h0, w0), dev)?
         } else {
-            let up = resize::try_postprocess_masks_binary(
+            let up = resize::postprocess_masks_binary(
                 low,
                 n * k,
                 mh,
@@ -626,7 +626,7 @@ impl SamPredictor {
                 .to_vec1::<f32>()?,
             planes,
             (mh, mw),
-        );
+        )?;
         let mut out_dims = dims[..dims.len() - 2].to_vec();
         out_dims.extend([mh, mw]);
         Ok(Tensor::from_vec(out, out_dims, self.model.device())?)

@@ -568,9 +568,19 @@ fn check_planes(src: &[f32], planes: usize, in_h: usize, in_w: usize) -> Result<
     Ok(())
 }
 
-/// [`interpolate_bilinear`] with its input checked: errors if `src.len() != planes * in_h * in_w`, or if an input
-/// side is zero while the output is not empty.
-pub fn try_interpolate_bilinear(
+/// Resize a stack of planes `(planes, in_h, in_w)` to `(planes, out_h, out_w)` as PyTorch's
+/// `F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)` (no antialias, also when downsampling)
+/// does on the CPU in `f32`: `scale = in / out` (f32), `src = max((dst + 0.5) * scale - 0.5, 0)`, `i0 = floor(src)`,
+/// `i1 = min(i0 + 1, in - 1)`, `λ = src - i0`; an unchanged side is copied; each output is
+/// `fma(t0, 1 - λh, t1 * λh)` with `t = fma(x0, 1 - λw, x1 * λw)`.
+///
+/// Bit-identical to PyTorch's generic CPU kernel, which serves every `mode="linear"` call (with `in_h = out_h = 1`,
+/// e.g. `get_rel_pos`) and every bilinear call on NCHW input except two cases that take its vectorised
+/// channels-last kernel: outputs with `out_h + out_w <= 128`, and 3 channels with a single torch thread. That
+/// kernel rounds differently (its source index and four-term sum; differences up to ~1e-5 on values ~10).
+///
+/// Errors if `src.len() != planes * in_h * in_w`, or if an input side is zero while the output is not empty.
+pub fn interpolate_bilinear(
     src: &[f32],
     planes: usize,
     in_h: usize,
@@ -595,33 +605,14 @@ pub fn try_interpolate_bilinear(
     Ok(interpolate_taps(src, planes, in_h, in_w, &rows, &cols))
 }
 
-/// Resize a stack of planes `(planes, in_h, in_w)` to `(planes, out_h, out_w)` as PyTorch's
-/// `F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)` (no antialias, also when downsampling)
-/// does on the CPU in `f32`: `scale = in / out` (f32), `src = max((dst + 0.5) * scale - 0.5, 0)`, `i0 = floor(src)`,
-/// `i1 = min(i0 + 1, in - 1)`, `λ = src - i0`; an unchanged side is copied; each output is
-/// `fma(t0, 1 - λh, t1 * λh)` with `t = fma(x0, 1 - λw, x1 * λw)`.
+/// The official `Sam.postprocess_masks`: bilinearly upsample mask logits `(planes, mask_h, mask_w)` to the padded
+/// model input `input_size` (e.g. 1024×1024), crop to the unpadded `resized_size` (e.g. 683×1024), and bilinearly
+/// resize to `original_size` `(h0, w0)`. Returns `(planes, h0, w0)` logits (threshold with `> 0.0` for masks).
 ///
-/// Bit-identical to PyTorch's generic CPU kernel, which serves every `mode="linear"` call (with `in_h = out_h = 1`,
-/// e.g. `get_rel_pos`) and every bilinear call on NCHW input except two cases that take its vectorised
-/// channels-last kernel: outputs with `out_h + out_w <= 128`, and 3 channels with a single torch thread. That
-/// kernel rounds differently (its source index and four-term sum; differences up to ~1e-5 on values ~10).
-///
-/// Invalid input (`src.len() != planes * in_h * in_w`, or empty input planes with a non-empty output) gives an
-/// empty `Vec`; use [`try_interpolate_bilinear`] for an error instead.
-pub fn interpolate_bilinear(
-    src: &[f32],
-    planes: usize,
-    in_h: usize,
-    in_w: usize,
-    out_h: usize,
-    out_w: usize,
-) -> Vec<f32> {
-    try_interpolate_bilinear(src, planes, in_h, in_w, out_h, out_w).unwrap_or_default()
-}
-
-/// [`postprocess_masks`] with its input checked: errors if `low_res.len() != planes * mask_h * mask_w`, if a size
-/// is zero, or if `resized_size` is larger than `input_size`.
-pub fn try_postprocess_masks(
+/// Only the kept part of the first upsampling is computed; the values are identical to upsample-then-crop.
+/// Errors if `low_res.len() != planes * mask_h * mask_w`, if a size is zero, or if `resized_size` is larger than
+/// `input_size`.
+pub fn postprocess_masks(
     low_res: &[f32],
     planes: usize,
     mask_h: usize,
@@ -639,10 +630,10 @@ pub fn try_postprocess_masks(
     sizes.run(low_res, planes, |row, o| o.copy_from_slice(row))
 }
 
-/// [`try_postprocess_masks`] thresholded at `threshold` (`> threshold` is 1, else 0): binary masks
+/// [`postprocess_masks`] thresholded at `threshold` (`> threshold` is 1, else 0): binary masks
 /// `(planes, h0, w0)` computed without keeping the logits at the original size. Same validation and errors.
 #[allow(clippy::too_many_arguments)]
-pub fn try_postprocess_masks_binary(
+pub fn postprocess_masks_binary(
     low_res: &[f32],
     planes: usize,
     mask_h: usize,
@@ -820,33 +811,6 @@ impl TwoStages<'_> {
                 });
         })
     }
-}
-
-/// The official `Sam.postprocess_masks`: bilinearly upsample mask logits `(planes, mask_h, mask_w)` to the padded
-/// model input `input_size` (e.g. 1024×1024), crop to the unpadded `resized_size` (e.g. 683×1024), and bilinearly
-/// resize to `original_size` `(h0, w0)`. Returns `(planes, h0, w0)` logits (threshold with `> 0.0` for masks).
-///
-/// Only the kept part of the first upsampling is computed; the values are identical to upsample-then-crop.
-/// Invalid input gives an empty `Vec`; use [`try_postprocess_masks`] for an error instead.
-pub fn postprocess_masks(
-    low_res: &[f32],
-    planes: usize,
-    mask_h: usize,
-    mask_w: usize,
-    input_size: (usize, usize),
-    resized_size: (usize, usize),
-    original_size: (usize, usize),
-) -> Vec<f32> {
-    try_postprocess_masks(
-        low_res,
-        planes,
-        mask_h,
-        mask_w,
-        input_size,
-        resized_size,
-        original_size,
-    )
-    .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1049,7 +1013,7 @@ impl ImageResizer {
     pub fn unscale_planes(&self, src: &[f32], planes: usize) -> Result<Vec<f32>> {
         let (rh, rw) = self.rescaled_size;
         let (h, w) = self.src_size;
-        try_interpolate_bilinear(src, planes, rh, rw, h, w)
+        interpolate_bilinear(src, planes, rh, rw, h, w)
     }
 
     /// Zero-pad an image at `rescaled_size` (bottom and right) to `dst_size`; `channels` interleaved
@@ -1107,7 +1071,7 @@ impl ImageResizer {
         mask_size: (usize, usize),
         threshold: Option<f32>,
     ) -> Result<Vec<f32>> {
-        let mut out = try_postprocess_masks(
+        let mut out = postprocess_masks(
             masks,
             planes,
             mask_size.0,
@@ -1125,19 +1089,8 @@ impl ImageResizer {
 
     /// Full-resolution mask logits `(planes, h, w)` at `src_size` to the mask-prompt space `(planes, mh, mw)`:
     /// area-resize to `rescaled_size`, zero-pad to `dst_size`, area-resize to `mask_size`. There is no official
-    /// counterpart (tfimm's `preprocess_masks` does the same with AREA). Invalid input gives an empty `Vec`.
+    /// counterpart (tfimm's `preprocess_masks` does the same with AREA). Errors on invalid input.
     pub fn mask_to_prompt(
-        &self,
-        masks: &[f32],
-        planes: usize,
-        mask_size: (usize, usize),
-    ) -> Vec<f32> {
-        self.try_mask_to_prompt(masks, planes, mask_size)
-            .unwrap_or_default()
-    }
-
-    /// [`ImageResizer::mask_to_prompt`] with errors for invalid input.
-    pub fn try_mask_to_prompt(
         &self,
         masks: &[f32],
         planes: usize,
@@ -1288,7 +1241,7 @@ mod tests {
         let src: Vec<f32> = (0..2 * 16 * 16)
             .map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.0)
             .collect();
-        let full = interpolate_bilinear(&src, 2, 16, 16, 64, 64);
+        let full = interpolate_bilinear(&src, 2, 16, 16, 64, 64).unwrap();
         let rows = AxisTaps::torch(16, 64, 40);
         let cols = AxisTaps::torch(16, 64, 51);
         let cropped = interpolate_taps(&src, 2, 16, 16, &rows, &cols);
@@ -1319,9 +1272,10 @@ mod tests {
         assert!(resize_bilinear_u8(&[0; 5], 2, 2, 1, 4, 4).is_err());
         assert!(resize_bilinear_u8(&[], 0, 2, 1, 4, 4).is_err());
         assert!(resize_bilinear_u8(&[0; 4], 2, 2, 1, 0, 4).is_err());
-        assert!(try_interpolate_bilinear(&[0.0; 3], 1, 2, 2, 4, 4).is_err());
-        assert!(interpolate_bilinear(&[0.0; 3], 1, 2, 2, 4, 4).is_empty());
-        assert!(try_postprocess_masks(&[0.0; 4], 1, 2, 2, (8, 8), (9, 8), (5, 5)).is_err());
+        assert!(interpolate_bilinear(&[0.0; 3], 1, 2, 2, 4, 4).is_err());
+        assert!(interpolate_bilinear(&[], 1, 0, 2, 4, 4).is_err());
+        assert!(interpolate_bilinear(&[], 1, 0, 2, 0, 4).unwrap().is_empty());
+        assert!(postprocess_masks(&[0.0; 4], 1, 2, 2, (8, 8), (9, 8), (5, 5)).is_err());
         let r = ImageResizer::new((0, 0), (1024, 1024));
         assert_eq!(r.rescaled_size(), (0, 0));
     }

@@ -272,7 +272,7 @@ impl Sam {
             mw,
             h,
             w,
-        );
+        )?;
         let threshold = self.config.mask_threshold;
         let masks = if return_logits {
             Tensor::from_vec(up, (n, k, h, w), &self.device)?

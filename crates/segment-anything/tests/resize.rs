@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use segment_anything::resize::{
-    interpolate_bilinear, postprocess_masks, resize_bilinear_u8, resized_size,
-    try_interpolate_bilinear, try_postprocess_masks_binary, ImageResizer, Layout,
+    interpolate_bilinear, postprocess_masks, postprocess_masks_binary, resize_bilinear_u8,
+    resized_size, ImageResizer, Layout,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -360,7 +360,7 @@ fn torch_bilinear_interpolate() {
         let (oh, ow) = usize2(&case["out_size"]);
         let src = fx.planes(case["codes"].as_str().unwrap());
         assert_eq!(src.len(), planes * ih * iw, "{name}");
-        let out = interpolate_bilinear(&src, planes, ih, iw, oh, ow);
+        let out = interpolate_bilinear(&src, planes, ih, iw, oh, ow).unwrap();
         assert_eq!(out.len(), planes * oh * ow, "{name}");
         let d = compare_f32(&fx, &format!("interp/{name}"), case, &out, planes, oh, ow);
         println!(
@@ -388,8 +388,8 @@ fn postprocess_masks_at_the_resized_size() {
         let input = (1024, 1024);
         let resized = resized_size(h0, w0, 1024);
         assert_eq!(resized, (h0, w0));
-        let out = postprocess_masks(&logits, planes, mh, mw, input, resized, (h0, w0));
-        let full = interpolate_bilinear(&logits, planes, mh, mw, 1024, 1024);
+        let out = postprocess_masks(&logits, planes, mh, mw, input, resized, (h0, w0)).unwrap();
+        let full = interpolate_bilinear(&logits, planes, mh, mw, 1024, 1024).unwrap();
         for p in 0..planes {
             for y in 0..h0 {
                 let a = &full[(p * 1024 + y) * 1024..(p * 1024 + y) * 1024 + w0];
@@ -400,14 +400,13 @@ fn postprocess_masks_at_the_resized_size() {
                 );
             }
         }
-        let bin =
-            try_postprocess_masks_binary(&logits, planes, mh, mw, input, resized, (h0, w0), 0.0)
-                .unwrap();
+        let bin = postprocess_masks_binary(&logits, planes, mh, mw, input, resized, (h0, w0), 0.0)
+            .unwrap();
         assert!(bin.iter().zip(&out).all(|(&b, &v)| b == u8::from(v > 0.0)));
         assert!(bin.contains(&1) && bin.contains(&0));
     }
     // Invalid sizes are errors, as for the logits.
-    assert!(try_postprocess_masks_binary(
+    assert!(postprocess_masks_binary(
         &logits,
         planes,
         mh,
@@ -418,7 +417,7 @@ fn postprocess_masks_at_the_resized_size() {
         0.0
     )
     .is_err());
-    assert!(try_postprocess_masks_binary(
+    assert!(postprocess_masks_binary(
         &logits[1..],
         planes,
         mh,
@@ -443,12 +442,12 @@ fn official_postprocess_masks() {
         let resized = usize2(&case["resized_size"]);
         let (h0, w0) = usize2(&case["original_size"]);
         assert_eq!(resized_size(h0, w0, input.0), resized, "{name}");
-        let out = postprocess_masks(&logits, planes, mh, mw, input, resized, (h0, w0));
+        let out = postprocess_masks(&logits, planes, mh, mw, input, resized, (h0, w0)).unwrap();
         assert_eq!(out.len(), planes * h0 * w0, "{name}");
         let d = compare_f32(&fx, name, case, &out, planes, h0, w0);
 
         // The unoptimised path (full upsampling, crop, resize) gives the very same values.
-        let full = interpolate_bilinear(&logits, planes, mh, mw, input.0, input.1);
+        let full = interpolate_bilinear(&logits, planes, mh, mw, input.0, input.1).unwrap();
         let mut cropped = Vec::with_capacity(planes * resized.0 * resized.1);
         for p in 0..planes {
             for y in 0..resized.0 {
@@ -456,7 +455,7 @@ fn official_postprocess_masks() {
                 cropped.extend_from_slice(&full[row..row + resized.1]);
             }
         }
-        let slow = interpolate_bilinear(&cropped, planes, resized.0, resized.1, h0, w0);
+        let slow = interpolate_bilinear(&cropped, planes, resized.0, resized.1, h0, w0).unwrap();
         assert!(
             slow.iter()
                 .zip(&out)
@@ -486,7 +485,7 @@ fn official_postprocess_masks() {
         // The thresholded post-processing gives the same masks without the full-size logits.
         for t in [0.0f32, 0.5] {
             let direct =
-                try_postprocess_masks_binary(&logits, planes, mh, mw, input, resized, (h0, w0), t)
+                postprocess_masks_binary(&logits, planes, mh, mw, input, resized, (h0, w0), t)
                     .unwrap();
             assert!(
                 direct.iter().zip(&out).all(|(&b, &v)| b == u8::from(v > t)),
@@ -644,12 +643,12 @@ fn unscale_and_mask_to_prompt_shapes() {
     assert_eq!(r.unscale_planes(&planes, 2).unwrap().len(), 2 * 300 * 451);
     // A constant mask stays constant inside the image and becomes 0 in the padding.
     let mask = vec![3.0f32; 300 * 451];
-    let prompt = r.mask_to_prompt(&mask, 1, (256, 256));
+    let prompt = r.mask_to_prompt(&mask, 1, (256, 256)).unwrap();
     assert_eq!(prompt.len(), 256 * 256);
     assert!((prompt[0] - 3.0).abs() < 1e-5);
     assert_eq!(prompt[256 * 256 - 1], 0.0);
-    assert!(r.mask_to_prompt(&mask[1..], 1, (256, 256)).is_empty());
-    assert!(try_interpolate_bilinear(&mask[1..], 1, 300, 451, 10, 10).is_err());
+    assert!(r.mask_to_prompt(&mask[1..], 1, (256, 256)).is_err());
+    assert!(interpolate_bilinear(&mask[1..], 1, 300, 451, 10, 10).is_err());
 }
 
 /// Timing (informational): `cargo test --release -p segment-anything --test resize -- --ignored --nocapture`.
