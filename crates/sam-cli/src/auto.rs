@@ -149,7 +149,7 @@ pub fn run(args: AutoArgs, log: &Log) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
 
     let sam = Arc::new(load_model(&args.model, log)?);
-    let mut generator = AutomaticMaskGenerator::new(sam.clone(), params.clone())?;
+    let generator = AutomaticMaskGenerator::new(sam.clone(), params.clone())?;
     let mode = params.output_mode;
 
     let bars = MultiProgress::with_draw_target(if log.quiet {
@@ -233,7 +233,7 @@ pub fn run(args: AutoArgs, log: &Log) -> Result<()> {
             crop_bar.set_position(p.batch as u64);
         };
         let output = generator
-            .generate_image_detailed(&photo, Some(&mut on_progress))
+            .generate_dynamic_image_detailed(&photo, Some(&mut on_progress))
             .with_context(|| format!("{}", path.display()))?;
         crop_bar.finish_and_clear();
         bars.remove(&crop_bar);

@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use segment_anything::{
-    checkpoint, load_image, ImageLoadOptions, PromptSet, Sam, SamPredictor, SamVariant,
+    checkpoint, load_image, ImageLoadOptions, PredictOptions, PromptSet, Sam, SamPredictor,
+    SamVariant,
 };
 
 #[derive(Args)]
@@ -143,19 +144,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         };
         if a.skip_encoder {
             let (h, w) = (photo.height() as usize, photo.width() as usize);
-            let resizer = segment_anything::resize::ImageResizer::new((h, w), (1024, 1024));
-            let emb = candle_core::Tensor::randn(0f32, 1.0, (1, 256, 64, 64), &device)?;
-            predictor.set_image_embedding(segment_anything::ImageEmbedding {
-                model_name: cfg.name.clone(),
-                embedding: emb,
-                original_size: (h, w),
-                input_size: resizer.rescaled_size(),
-            })?;
+            let [gh, gw] = sam.grid_size();
+            let emb = candle_core::Tensor::randn(0f32, 1.0, (1, cfg.embed_dim, gh, gw), &device)?;
+            predictor.set_image_embedding(segment_anything::ImageEmbedding::for_model(
+                &sam,
+                emb,
+                (h, w),
+            )?)?;
         }
         let (w, h) = (photo.width() as f64, photo.height() as f64);
         let prompt = PromptSet::point(w * 0.5, h * 0.5);
         let predict = time(a.predict_runs, || {
-            Ok(predictor.predict(&prompt, true, false)?)
+            Ok(predictor.predict(&prompt, PredictOptions::multimask())?)
         })?;
         let peak = peak_rss_mib();
         if a.json {

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
-use segment_anything::predictor::{ImageEmbedding, PromptSet, SamPredictor};
+use segment_anything::rle::BinaryMask;
 use segment_anything::{checkpoint, download, ImageLoadOptions, Sam, SamConfig, SamVariant};
+use segment_anything::{ImageEmbedding, PredictOptions, PromptSet, SamPredictor};
 
 /// Segment Anything (SAM) in Rust: masks from points, boxes and mask prompts.
 #[derive(Parser)]
@@ -290,21 +291,12 @@ fn segment(a: SegmentArgs, log: &Log) -> Result<()> {
         Some(path) => {
             let emb = if path.extension().is_some_and(|e| e == "npy") {
                 let (data, shape) = npy::read_f32(path)?;
-                let dims: Vec<usize> = if shape.len() == 3 {
-                    [1].into_iter().chain(shape).collect()
-                } else {
-                    shape
-                };
-                let resizer_input = segment_anything::resize::ImageResizer::new(
+                ImageEmbedding::for_model(
+                    &sam,
+                    Tensor::from_vec(data, shape, &Device::Cpu)?,
                     (h as usize, w as usize),
-                    (sam.config().input_size[0], sam.config().input_size[1]),
-                );
-                ImageEmbedding {
-                    model_name: sam.config().name.clone(),
-                    embedding: Tensor::from_vec(data, dims, &Device::Cpu)?,
-                    original_size: (h as usize, w as usize),
-                    input_size: resizer_input.rescaled_size(),
-                }
+                )
+                .with_context(|| format!("{}", path.display()))?
             } else {
                 ImageEmbedding::load(path)?
             };
@@ -328,46 +320,51 @@ fn segment(a: SegmentArgs, log: &Log) -> Result<()> {
         }
     }
     let t = std::time::Instant::now();
-    let logits = predictor.predict(&prompt, a.multimask, true)?;
+    let options = PredictOptions {
+        multimask_output: a.multimask,
+        return_logits: a.save_logits,
+    };
+    let prediction = predictor.predict(&prompt, options)?;
     log.debug(format!(
         "prompt encoder + decoder + upscaling: {:.2?}",
         t.elapsed()
     ));
-    let threshold = sam.mask_threshold();
-    let (k, mh, mw) = logits.masks.dims3()?;
-    let up = logits.masks.flatten_all()?.to_vec1::<f32>()?;
-    let scores = logits.scores.to_vec1::<f32>()?;
+    let (k, mh, mw) = prediction.masks.dims3()?;
+    let masks = prediction.masks.flatten_all()?.to_vec1::<u8>()?;
+    let scores = prediction.scores.to_vec1::<f32>()?;
 
     std::fs::create_dir_all(&a.output_dir)
         .with_context(|| format!("cannot create {}", a.output_dir.display()))?;
     let mut records = Vec::new();
     let mut binaries = Vec::new();
     for i in 0..k {
-        let plane = &up[i * mh * mw..(i + 1) * mh * mw];
-        let mask: Vec<bool> = plane.iter().map(|&v| v > threshold).collect();
+        let plane = &masks[i * mh * mw..(i + 1) * mh * mw];
+        let mask = BinaryMask::new(mh, mw, plane.iter().map(|&v| v != 0).collect())?;
         let file = format!("mask_{i}.png");
-        let png: Vec<u8> = mask.iter().map(|&m| if m { 255 } else { 0 }).collect();
-        let img = image::GrayImage::from_raw(mw as u32, mh as u32, png).expect("mask size");
+        let img = image::GrayImage::from_raw(mw as u32, mh as u32, mask.to_bytes(255))
+            .context("mask size")?;
         overlay::save_png(
             &image::DynamicImage::ImageLuma8(img),
             &a.output_dir.join(&file),
         )?;
-        let area = mask.iter().filter(|m| **m).count();
-        let bbox = bounding_box(&mask, mw);
+        // (x, y, w, h) with w, h the number of columns / rows covered; null for an empty mask.
+        let bbox = mask
+            .bbox_xyxy()
+            .map(|[x0, y0, x1, y1]| vec![x0, y0, x1 - x0 + 1, y1 - y0 + 1]);
         records.push(serde_json::json!({
-            "index": i, "score": scores[i], "area": area,
-            "bbox": bbox.map(|b| vec![b[0], b[1], b[2], b[3]]), "file": file,
+            "index": i, "score": scores[i], "area": mask.area(), "bbox": bbox, "file": file,
         }));
-        binaries.push(mask);
+        binaries.push(plane.iter().map(|&v| v != 0).collect::<Vec<bool>>());
     }
     let over = overlay::draw(&photo, &binaries, &prompt);
     overlay::save_png(&over, &a.output_dir.join("overlay.png"))?;
-    if a.save_logits {
+    if let Some(logits) = &prediction.mask_logits {
+        let up = logits.flatten_all()?.to_vec1::<f32>()?;
         npy::write_f32(&a.output_dir.join("logits.npy"), &up, &[k, mh, mw])?;
-        let (_, lh, lw) = logits.low_res_logits.dims3()?;
+        let (_, lh, lw) = prediction.low_res_logits.dims3()?;
         npy::write_f32(
             &a.output_dir.join("lowres_logits.npy"),
-            &logits.low_res_logits.flatten_all()?.to_vec1::<f32>()?,
+            &prediction.low_res_logits.flatten_all()?.to_vec1::<f32>()?,
             &[k, lh, lw],
         )?;
     }
@@ -384,19 +381,6 @@ fn segment(a: SegmentArgs, log: &Log) -> Result<()> {
         a.output_dir.display()
     ));
     Ok(())
-}
-
-/// Bounding box (x, y, w, h) of a mask in pixels (w, h = number of columns/rows covered), or None if empty.
-fn bounding_box(mask: &[bool], width: usize) -> Option<[usize; 4]> {
-    let mut b: Option<[usize; 4]> = None;
-    for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
-        let (x, y) = (i % width, i / width);
-        b = Some(match b {
-            None => [x, y, x, y],
-            Some([x0, y0, x1, y1]) => [x0.min(x), y0.min(y), x1.max(x), y1.max(y)],
-        });
-    }
-    b.map(|[x0, y0, x1, y1]| [x0, y0, x1 - x0 + 1, y1 - y0 + 1])
 }
 
 /// Run the image encoder with a spinner on stderr (unless `--quiet`).

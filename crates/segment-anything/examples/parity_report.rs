@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use candle_core::Device;
 use common::{bool_iou, get, max_abs_diff, repo_root, unpack_bits, Fixture};
-use segment_anything::{PromptSet, Prompts, Sam, SamConfig, SamPredictor};
+use segment_anything::{
+    PredictOptions, Prediction, PromptSet, Prompts, Sam, SamConfig, SamPredictor,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dirs: Vec<String> = std::env::args().skip(1).collect();
@@ -24,6 +26,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report(Path::new(&dir))?;
     }
     Ok(())
+}
+
+/// The upscaled logits of a prediction made with `return_logits`.
+fn logits_of(p: &Prediction) -> Result<candle_core::Tensor, Box<dyn std::error::Error>> {
+    p.mask_logits
+        .clone()
+        .ok_or_else(|| "the prediction has no logits".into())
 }
 
 fn report(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -58,6 +67,10 @@ fn report(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             start.elapsed()
         );
         for case in f.cases.iter().filter(|c| c.image == img.name) {
+            let opts = PredictOptions {
+                multimask_output: case.multimask,
+                return_logits: true,
+            };
             let (low, scores, logits, binary) = match case.kind.as_str() {
                 "predict" => {
                     let prompt = PromptSet {
@@ -66,13 +79,12 @@ fn report(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                         boxes: case.box_.map(|b| vec![b]).unwrap_or_default(),
                         mask_input: case.mask_input.as_ref().map(|n| get(&t, n).clone()),
                     };
-                    let a = p.predict(&prompt, case.multimask, true)?;
-                    let b = p.predict(&prompt, case.multimask, false)?;
+                    let a = p.predict(&prompt, opts)?;
                     (
                         a.low_res_logits.unsqueeze(0)?,
                         a.scores.unsqueeze(0)?,
+                        logits_of(&a)?.unsqueeze(0)?,
                         a.masks.unsqueeze(0)?,
-                        b.masks.unsqueeze(0)?,
                     )
                 }
                 _ => {
@@ -83,9 +95,9 @@ fn report(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                         boxes: opt(&case.model_boxes),
                         masks: opt(&case.model_masks),
                     };
-                    let a = p.predict_transformed(&prompts, case.multimask, true)?;
-                    let b = p.predict_transformed(&prompts, case.multimask, false)?;
-                    (a.low_res_logits, a.scores, a.masks, b.masks)
+                    let a = p.predict_transformed(&prompts, opts)?;
+                    let logits = logits_of(&a)?;
+                    (a.low_res_logits, a.scores, logits, a.masks)
                 }
             };
             let (dl, ml) = max_abs_diff(&low, get(&t, &case.low_res_logits));

@@ -3,7 +3,9 @@
 //! Usage: cargo run --release --example predict -- CHECKPOINT [IMAGE] [CONFIG.json]
 
 use candle_core::Device;
-use segment_anything::{load_image, ImageLoadOptions, PromptSet, Sam, SamConfig, SamPredictor};
+use segment_anything::{
+    load_image, ImageLoadOptions, PredictOptions, PromptSet, Sam, SamConfig, SamPredictor,
+};
 
 fn main() -> segment_anything::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -30,7 +32,7 @@ fn main() -> segment_anything::Result<()> {
         labels: vec![1],
         ..Default::default()
     };
-    let out = predictor.predict(&click, true, false)?; // multimask, binary masks
+    let out = predictor.predict(&click, PredictOptions::default())?; // 3 masks (u8 0/1), scores, low-res logits
     println!(
         "masks {:?}, scores {:?}",
         out.masks.dims(),
@@ -45,10 +47,11 @@ fn main() -> segment_anything::Result<()> {
         boxes: vec![[100.0, 40.0, 400.0, 290.0]],
         mask_input: Some(out.low_res_logits.narrow(0, best, 1)?),
     };
-    let refined = predictor.predict(&refine, false, true)?; // single mask, raw logits
+    let refined = predictor.predict(&refine, PredictOptions::single_mask().with_logits())?;
     println!(
-        "refined score: {}",
-        refined.scores.get(0)?.to_scalar::<f32>()?
+        "refined score: {}, logits {:?}",
+        refined.scores.get(0)?.to_scalar::<f32>()?,
+        refined.mask_logits.as_ref().map(|l| l.dims().to_vec())
     );
     Ok(())
 }

@@ -30,7 +30,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::predictor::{ImageFormat, SamPredictor};
+use crate::image_view::ImageView;
+use crate::predictor::SamPredictor;
 use crate::prompt_encoder::Prompts;
 use crate::resize;
 use crate::rle::{self, BinaryMask, CocoRle, Rle};
@@ -383,7 +384,7 @@ pub struct AmgProgress {
 /// The automatic ("segment everything") mask generator.
 #[derive(Debug, Clone)]
 pub struct AutomaticMaskGenerator {
-    predictor: SamPredictor,
+    model: Arc<Sam>,
     params: AmgParams,
     point_grids: Vec<Vec<[f64; 2]>>,
 }
@@ -416,15 +417,13 @@ struct RunState {
 
 impl AutomaticMaskGenerator {
     /// A generator over `model` with `params` (validated).
+    ///
+    /// Generation takes `&self` and keeps nothing between images (each call sets its crops on a predictor of its
+    /// own), so one generator can serve many threads.
     pub fn new(model: impl Into<Arc<Sam>>, params: AmgParams) -> Result<Self> {
-        Self::with_predictor(SamPredictor::new(model), params)
-    }
-
-    /// A generator reusing a predictor (its current image is discarded on the first `generate`).
-    pub fn with_predictor(predictor: SamPredictor, params: AmgParams) -> Result<Self> {
         let point_grids = params.layer_point_grids()?;
         Ok(Self {
-            predictor,
+            model: model.into(),
             params,
             point_grids,
         })
@@ -440,77 +439,45 @@ impl AutomaticMaskGenerator {
         &self.point_grids
     }
 
-    /// The predictor.
-    pub fn predictor(&self) -> &SamPredictor {
-        &self.predictor
-    }
-
     /// The model.
     pub fn model(&self) -> &Sam {
-        self.predictor.model()
+        &self.model
     }
 
-    /// Generate masks for an image from the `image` crate (converted as [`SamPredictor::set_dynamic_image`] does).
-    pub fn generate(&mut self, image: &image::DynamicImage) -> Result<Vec<MaskRecord>> {
-        Ok(self.generate_image_detailed(image, None)?.records)
+    /// Generate masks for an image (H, W, C): the official `generate(image)`. The channels are read as
+    /// [`SamPredictor::set_image`] reads them.
+    pub fn generate(&self, image: ImageView<'_>) -> Result<Vec<MaskRecord>> {
+        Ok(self.generate_detailed(image, None)?.records)
     }
 
-    /// [`AutomaticMaskGenerator::generate`] with stage counts, the official float quirks and a progress callback.
-    pub fn generate_image_detailed(
-        &mut self,
+    /// Generate masks for an image from the `image` crate (converted as [`SamPredictor::set_dynamic_image`] does;
+    /// read files with [`crate::load_image`]).
+    pub fn generate_dynamic_image(&self, image: &image::DynamicImage) -> Result<Vec<MaskRecord>> {
+        Ok(self.generate_dynamic_image_detailed(image, None)?.records)
+    }
+
+    /// [`AutomaticMaskGenerator::generate_dynamic_image`] with the details of
+    /// [`AutomaticMaskGenerator::generate_detailed`].
+    pub fn generate_dynamic_image_detailed(
+        &self,
         image: &image::DynamicImage,
         progress: Option<&mut dyn FnMut(AmgProgress)>,
     ) -> Result<AmgOutput> {
         let (w, h) = (image.width() as usize, image.height() as usize);
-        let channels = self.model().config().in_channels;
-        let pixels = crate::image_io::model_pixels(image, channels, "generate_pixels")?;
-        self.generate_detailed(&pixels, h, w, channels, progress)
+        let channels = self.model.config().in_channels;
+        let pixels = crate::image_io::model_pixels(image, channels, "generate")?;
+        self.generate_detailed(ImageView::new(&pixels, h, w, channels)?, progress)
     }
 
-    /// Generate masks for interleaved `height × width × channels` u8 pixels (RGB for RGB models; see
-    /// [`SamPredictor::set_image`] for the accepted channel counts).
-    pub fn generate_pixels(
-        &mut self,
-        pixels: &[u8],
-        height: usize,
-        width: usize,
-        channels: usize,
-    ) -> Result<Vec<MaskRecord>> {
-        Ok(self
-            .generate_detailed(pixels, height, width, channels, None)?
-            .records)
-    }
-
-    /// The full official algorithm on interleaved pixels; `progress` is called after every point batch.
+    /// [`AutomaticMaskGenerator::generate`] with stage counts and the official float quirks; `progress` is called
+    /// after every point batch.
     pub fn generate_detailed(
-        &mut self,
-        pixels: &[u8],
-        height: usize,
-        width: usize,
-        channels: usize,
+        &self,
+        image: ImageView<'_>,
         mut progress: Option<&mut dyn FnMut(AmgProgress)>,
     ) -> Result<AmgOutput> {
-        if height == 0 || width == 0 {
-            return Err(Error::arg(
-                "image",
-                format!("image is empty ({width}×{height})"),
-            ));
-        }
-        if pixels.len() != height * width * channels {
-            return Err(Error::arg(
-                "image",
-                format!(
-                    "{} bytes do not make a {width}×{height}×{channels} image",
-                    pixels.len()
-                ),
-            ));
-        }
-        if (height as u64) * (width as u64) > u32::MAX as u64 {
-            return Err(Error::arg(
-                "image",
-                format!("a {width}×{height} image has more than 2^32 - 1 pixels"),
-            ));
-        }
+        let (height, width) = image.size();
+        let mut predictor = SamPredictor::new(self.model.clone());
         let (crop_boxes, layer_idxs) = generate_crop_boxes(
             (height, width),
             self.params.crop_n_layers,
@@ -539,8 +506,8 @@ impl AutomaticMaskGenerator {
         let mut data: Vec<Candidate> = Vec::new();
         for (ci, (crop_box, layer)) in crop_boxes.iter().zip(&layer_idxs).enumerate() {
             let crop_data = self.process_crop(
-                pixels,
-                (height, width, channels),
+                &mut predictor,
+                image,
                 *crop_box,
                 *layer,
                 &mut run,
@@ -555,13 +522,7 @@ impl AutomaticMaskGenerator {
                     }
                 },
             );
-            let crop_data = match crop_data {
-                Ok(d) => d,
-                Err(e) => {
-                    self.predictor.clear_image();
-                    return Err(e);
-                }
-            };
+            let crop_data = crop_data?;
             if crop_data.is_empty() {
                 run.float_crop_box = true;
             }
@@ -623,27 +584,24 @@ impl AutomaticMaskGenerator {
     }
 
     fn process_crop(
-        &mut self,
-        pixels: &[u8],
-        (height, width, channels): (usize, usize, usize),
+        &self,
+        predictor: &mut SamPredictor,
+        image: ImageView<'_>,
         crop_box: [i64; 4],
         layer: usize,
         run: &mut RunState,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Candidate>> {
+        let (height, width) = image.size();
         let [x0, y0, x1, y1] = crop_box.map(|v| v as usize);
         let (ch, cw) = (y1 - y0, x1 - x0);
         if (x0, y0, x1, y1) == (0, 0, width, height) {
-            self.predictor
-                .set_image(pixels, height, width, channels, ImageFormat::Rgb)?;
+            predictor.set_image(image)?;
         } else {
-            let mut cropped = Vec::with_capacity(ch * cw * channels);
-            for y in y0..y1 {
-                let row = &pixels[(y * width + x0) * channels..(y * width + x1) * channels];
-                cropped.extend_from_slice(row);
-            }
-            self.predictor
-                .set_image(&cropped, ch, cw, channels, ImageFormat::Rgb)?;
+            let cropped = image.crop([x0, y0, x1, y1]);
+            predictor.set_image(
+                ImageView::new(&cropped, ch, cw, image.channels())?.with_format(image.format()),
+            )?;
         }
 
         // Points of this crop, in crop pixels (float64, as `grid * [crop_w, crop_h]`).
@@ -655,11 +613,12 @@ impl AutomaticMaskGenerator {
         let batches = points.len().div_ceil(batch_size);
         let mut data: Vec<Candidate> = Vec::new();
         for (bi, batch) in points.chunks(batch_size).enumerate() {
-            let kept = self.process_batch(batch, (ch, cw), crop_box, (height, width), run)?;
+            let kept =
+                self.process_batch(predictor, batch, (ch, cw), crop_box, (height, width), run)?;
             data.extend(kept);
             progress(bi + 1, batches);
         }
-        self.predictor.clear_image();
+        predictor.clear_image();
 
         // Remove duplicates within this crop.
         let boxes: Vec<[f32; 4]> = data.iter().map(|d| box_f32(&d.bbox)).collect();
@@ -686,15 +645,16 @@ impl AutomaticMaskGenerator {
 
     fn process_batch(
         &self,
+        predictor: &SamPredictor,
         points: &[[f64; 2]],
         crop_size: (usize, usize),
         crop_box: [i64; 4],
         orig_size: (usize, usize),
         run: &mut RunState,
     ) -> Result<Vec<Candidate>> {
-        let state = self.predictor.image_embedding()?;
-        let resizer = self.predictor.resizer()?;
-        let model = self.predictor.model();
+        let state = predictor.image_embedding()?;
+        let resizer = predictor.resizer()?;
+        let model = predictor.model();
         let dev = model.device();
         let n = points.len();
 
@@ -713,7 +673,7 @@ impl AutomaticMaskGenerator {
             boxes: None,
             masks: None,
         };
-        let (low, iou) = model.decode(&state.embedding, &prompts, true)?;
+        let (low, iou) = predictor.decode_transformed(&prompts, true)?;
         let (_, k, mh, mw) = low.dims4()?;
         let low = low.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let iou = iou.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

@@ -8,6 +8,7 @@ pub mod download;
 pub mod error;
 pub mod image_encoder;
 pub mod image_io;
+pub mod image_view;
 pub mod io;
 #[doc(hidden)]
 pub mod kernels;
@@ -22,10 +23,13 @@ pub mod sam;
 pub mod state_dict;
 pub mod weights;
 
+pub use amg::{AmgParams, AutomaticMaskGenerator, MaskRecord};
 pub use config::{SamConfig, SamVariant};
 pub use error::{Error, Result};
 pub use image_io::{decode_image, load_image, ImageFileFormat, ImageLoadOptions};
-pub use predictor::{ImageEmbedding, ImageFormat, Prediction, PromptSet, SamPredictor};
+pub use image_view::{ImageFormat, ImageView};
+pub use mask_decoder::DecoderCache;
+pub use predictor::{ImageEmbedding, PredictOptions, Prediction, PromptSet, SamPredictor};
 pub use prompt_encoder::Prompts;
 pub use sam::{Sam, SamInputs, SamOutputs};
 pub use state_dict::StateDict;

@@ -8,12 +8,49 @@ use candle_core::{DType, IndexOp, Tensor};
 use crate::config::SamConfig;
 use crate::error::{Error, Result};
 use crate::kernels::decoder::{
-    DecoderInputs, Dense, HostAttention, HostDecoder, HostTwoWayBlock, Layer0Key,
+    DecoderInputs, Dense, HostAttention, HostDecoder, HostTwoWayBlock, Layer0, Layer0Key,
 };
 use crate::kernels::direct::PackedB;
 use crate::kernels::F32Read;
 use crate::layers::{ConvTranspose2x2, LayerNorm, Linear, Mlp, MlpBlock};
 use crate::weights::Weights;
+
+/// The mask decoder's prompt-independent work for one image embedding: the image side of the first two-way layer
+/// (its keys, token-to-image keys and values, image-to-token queries) and the embedding's part of the first output
+/// upscaling, ≈ 14 MB for the official models. Made by [`crate::Sam::prepare_decoder`], owned by whoever holds the
+/// embedding (the predictor keeps it with the image that was set and drops it with it), and passed to
+/// [`crate::Sam::decode`]; decodes given it skip that work and give the same results.
+///
+/// Empty (and unused) where the fast path does not apply: devices other than the CPU, and embeddings that are
+/// candle variables (their contents can change). Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct DecoderCache {
+    layer0: Option<Arc<Layer0>>,
+}
+
+impl DecoderCache {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.layer0.as_ref().map_or(0, |l| l.bytes())
+    }
+
+    /// Whether it holds nothing (decodes then do all the work).
+    pub fn is_empty(&self) -> bool {
+        self.layer0.is_none()
+    }
+
+    pub(crate) fn layer0(&self) -> Option<&Layer0> {
+        self.layer0.as_deref()
+    }
+}
+
+impl std::fmt::Debug for DecoderCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecoderCache")
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
 
 /// Decoder LayerNorm epsilon (PyTorch default).
 const DECODER_NORM_EPS: f64 = 1e-5;
@@ -312,7 +349,6 @@ impl MaskDecoder {
                 .collect::<Result<Vec<_>>>()?,
             iou_head: host_mlp(&self.iou_head)?,
             pool: Default::default(),
-            layer0: Default::default(),
         })
     }
 
@@ -331,6 +367,7 @@ impl MaskDecoder {
         sparse: &Tensor,
         dense: &Tensor,
         multimask_output: bool,
+        cache: Option<&DecoderCache>,
     ) -> Result<(Tensor, Tensor)> {
         if self.host.is_some() && image_embeddings.device().is_cpu() {
             let tokens: Vec<usize> = if multimask_output {
@@ -338,7 +375,8 @@ impl MaskDecoder {
             } else {
                 vec![0]
             };
-            return self.forward_host(image_embeddings, image_pe, sparse, dense, &tokens);
+            let layer0 = cache.and_then(DecoderCache::layer0);
+            return self.forward_host(image_embeddings, image_pe, sparse, dense, &tokens, layer0);
         }
         self.forward_generic(image_embeddings, image_pe, sparse, dense, multimask_output)
     }
@@ -375,7 +413,7 @@ impl MaskDecoder {
     ) -> Result<(Tensor, Tensor)> {
         if self.host.is_some() && image_embeddings.device().is_cpu() {
             let tokens: Vec<usize> = (0..self.num_mask_tokens).collect();
-            return self.forward_host(image_embeddings, image_pe, sparse, dense, &tokens);
+            return self.forward_host(image_embeddings, image_pe, sparse, dense, &tokens, None);
         }
         self.predict_masks_generic(image_embeddings, image_pe, sparse, dense)
     }
@@ -429,11 +467,17 @@ impl MaskDecoder {
         sparse: &Tensor,
         dense: &Tensor,
         tokens: &[usize],
+        layer0: Option<&Layer0>,
     ) -> Result<(Tensor, Tensor)> {
-        let host = self.host.as_ref().expect("host weights");
+        let Some(host) = self.host.as_ref() else {
+            return Err(Error::arg(
+                "mask_decoder",
+                "no host weights for the CPU path",
+            ));
+        };
         let (b, _, gh, gw) = self.check_inputs(image_embeddings, image_pe, sparse, dense)?;
         let out = self.with_host_inputs(image_embeddings, image_pe, sparse, dense, |inputs| {
-            host.forward(inputs, tokens)
+            host.forward(inputs, tokens, layer0)
         })?;
         let k = tokens.len();
         let device = image_embeddings.device();
@@ -443,25 +487,25 @@ impl MaskDecoder {
         ))
     }
 
-    /// Compute now what later decodes of this embedding can reuse (the prompt-independent image side of the
-    /// first two-way layer, for prompts without a mask), instead of at the second decode.
+    /// Compute what later decodes of this embedding can reuse (the prompt-independent image side of the first
+    /// two-way layer, for prompts without a mask).
     ///
     /// * `image_embeddings`: (1, D, gh, gw); `image_pe`: (gh, gw, D); `dense`: (1, gh, gw, D), the no-mask
     ///   dense embedding (a broadcast vector).
     ///
-    /// A no-op on devices other than the CPU. Decodes that reuse it must pass the same `image_embeddings` and
-    /// `image_pe` tensors (the cache is keyed on the tensors, which are immutable, and on the dense vector).
+    /// Empty on devices other than the CPU and for candle variables. Decodes use it only with the same
+    /// `image_embeddings` and `image_pe` tensors and the same dense vector.
     pub fn prepare(
         &self,
         image_embeddings: &Tensor,
         image_pe: &Tensor,
         dense: &Tensor,
-    ) -> Result<()> {
+    ) -> Result<DecoderCache> {
         let Some(host) = self.host.as_ref() else {
-            return Ok(());
+            return Ok(DecoderCache::default());
         };
         if !image_embeddings.device().is_cpu() {
-            return Ok(());
+            return Ok(DecoderCache::default());
         }
         let sparse = Tensor::zeros(
             (1, 0, self.embed_dim),
@@ -469,15 +513,13 @@ impl MaskDecoder {
             image_embeddings.device(),
         )?;
         self.check_inputs(image_embeddings, image_pe, &sparse, dense)?;
-        self.with_host_inputs(image_embeddings, image_pe, &sparse, dense, |inputs| {
-            host.prepare(inputs)
+        let layer0 =
+            self.with_host_inputs(image_embeddings, image_pe, &sparse, dense, |inputs| {
+                host.prepare(inputs)
+            })?;
+        Ok(DecoderCache {
+            layer0: layer0.map(Arc::new),
         })
-    }
-
-    /// How many embeddings have their first-layer image side cached (for tests).
-    #[doc(hidden)]
-    pub fn layer0_cached(&self) -> usize {
-        self.host.as_ref().map_or(0, |h| h.layer0_cached())
     }
 
     /// Host views of checked decoder inputs, passed to `f`.

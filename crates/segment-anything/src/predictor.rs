@@ -7,18 +7,54 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
+use crate::image_view::ImageView;
+use crate::mask_decoder::DecoderCache;
 use crate::prompt_encoder::Prompts;
 use crate::resize::{self, ImageResizer};
 use crate::sam::Sam;
 
-/// Channel order of an input image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ImageFormat {
-    /// Red, green, blue (the model's order).
-    #[default]
-    Rgb,
-    /// Blue, green, red (e.g. OpenCV); flipped to RGB before encoding.
-    Bgr,
+/// How a prediction is made: the official `multimask_output` and `return_logits` arguments, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PredictOptions {
+    /// Three masks from the multimask tokens (for ambiguous prompts such as one point) instead of one. Official
+    /// default: true.
+    pub multimask_output: bool,
+    /// Also return the upsampled logits the masks are thresholded from ([`Prediction::mask_logits`]). Official
+    /// default: false.
+    pub return_logits: bool,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        Self {
+            multimask_output: true,
+            return_logits: false,
+        }
+    }
+}
+
+impl PredictOptions {
+    /// One mask per prompt set (`multimask_output = false`).
+    pub fn single_mask() -> Self {
+        Self {
+            multimask_output: false,
+            ..Self::default()
+        }
+    }
+
+    /// Three masks per prompt set (the official default).
+    pub fn multimask() -> Self {
+        Self::default()
+    }
+
+    /// The same options, also returning the upsampled logits.
+    pub fn with_logits(self) -> Self {
+        Self {
+            return_logits: true,
+            ..self
+        }
+    }
 }
 
 /// One prompt set in original-image pixel coordinates.
@@ -53,11 +89,15 @@ impl PromptSet {
     }
 }
 
-/// Output of a prediction. Single predictions have shapes (K, …); batched ones (N, K, …).
+/// Output of a prediction. Single predictions have shapes (K, …); batched ones (N, K, …). K = 3 with
+/// [`PredictOptions::multimask_output`], else 1.
 #[derive(Debug, Clone)]
 pub struct Prediction {
-    /// Masks at the original image size: u8 0/1 (K, H0, W0), or f32 logits when `return_logits`.
+    /// Masks at the original image size, u8 0/1 (K, H0, W0): logits above the model's mask threshold.
     pub masks: Tensor,
+    /// The upsampled logits (K, H0, W0) f32 the masks were thresholded from, when
+    /// [`PredictOptions::return_logits`] was set.
+    pub mask_logits: Option<Tensor>,
     /// Predicted IoU scores (K).
     pub scores: Tensor,
     /// Low-resolution logits (K, H′, W′), usable as the next `mask_input`.
@@ -75,6 +115,91 @@ pub struct ImageEmbedding {
     pub original_size: (usize, usize),
     /// Resized, unpadded image size (h, w) fed to the encoder.
     pub input_size: (usize, usize),
+}
+
+impl ImageEmbedding {
+    /// An embedding (1, D, gh, gw) or (D, gh, gw) computed by `model` for an image of (H0, W0) =
+    /// `original_size` (e.g. read from a `.npy` file the official `get_image_embedding()` wrote); its input size is
+    /// derived as the predictor derives it, and its shape checked against the model.
+    pub fn for_model(
+        model: &Sam,
+        embedding: Tensor,
+        original_size: (usize, usize),
+    ) -> Result<Self> {
+        let embedding = if embedding.rank() == 3 {
+            embedding.unsqueeze(0)?
+        } else {
+            embedding
+        };
+        let e = Self {
+            model_name: model.config().name.clone(),
+            embedding,
+            original_size,
+            input_size: resizer_for(model, original_size).rescaled_size(),
+        };
+        e.check_for(model)?;
+        Ok(e)
+    }
+
+    /// Check that `model` can decode this embedding: its name, shape and input size.
+    fn check_for(&self, model: &Sam) -> Result<()> {
+        let cfg = model.config();
+        if self.model_name != cfg.name {
+            return Err(Error::arg(
+                "embedding",
+                format!(
+                    "it was computed by model `{}`, this predictor uses `{}`",
+                    self.model_name, cfg.name
+                ),
+            ));
+        }
+        if self.original_size.0 == 0 || self.original_size.1 == 0 {
+            return Err(Error::arg(
+                "embedding",
+                format!("original size {:?} is empty", self.original_size),
+            ));
+        }
+        let resizer = resizer_for(model, self.original_size);
+        let (ph, pw) = resizer.dst_size();
+        let p = cfg.encoder_patch_size;
+        let expected = [1, cfg.embed_dim, ph / p, pw / p];
+        if self.embedding.dims() != expected {
+            return Err(Error::arg(
+                "embedding",
+                format!(
+                    "shape {:?} does not match the model's {expected:?}",
+                    self.embedding.dims()
+                ),
+            ));
+        }
+        if self.input_size != resizer.rescaled_size() {
+            return Err(Error::arg(
+                "embedding",
+                format!(
+                    "input size {:?} is not the resized size {:?} of an image of size {:?}",
+                    self.input_size,
+                    resizer.rescaled_size(),
+                    self.original_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The resizer from an image of (H0, W0) to `model`'s input: ResizeLongestSide + padding, or padding to a
+/// multiple of the patch size for models without a fixed input size.
+fn resizer_for(model: &Sam, original: (usize, usize)) -> ImageResizer {
+    let cfg = model.config();
+    if cfg.fixed_input_size {
+        ImageResizer::new(original, (cfg.input_size[0], cfg.input_size[1]))
+    } else {
+        let p = cfg.encoder_patch_size;
+        ImageResizer::pad_only(
+            original,
+            (original.0.div_ceil(p) * p, original.1.div_ceil(p) * p),
+        )
+    }
 }
 
 const EMBEDDING_FORMAT: &str = "segment-anything-rs/image-embedding";
@@ -176,11 +301,23 @@ impl ImageEmbedding {
     }
 }
 
+/// Everything the predictor keeps for the image that is set: its embedding with its sizes, and the decoder's
+/// prompt-independent work for that embedding (owned here and dropped with the image).
+#[derive(Debug, Clone)]
+struct ImageState {
+    embedding: ImageEmbedding,
+    decoder_cache: DecoderCache,
+}
+
 /// Wraps a [`Sam`] model: `set_image` once, then `predict` many times.
+///
+/// One predictor is one image session: it holds the image's embedding and the decoder's cached work for it.
+/// Predictions take `&self`, and the predictor is `Send + Sync`, so a server can share one per image across
+/// threads while all of them share one model (`Arc<Sam>`); cloning it shares the image's state.
 #[derive(Debug, Clone)]
 pub struct SamPredictor {
     model: Arc<Sam>,
-    state: Option<ImageEmbedding>,
+    state: Option<ImageState>,
 }
 
 impl SamPredictor {
@@ -207,26 +344,44 @@ impl SamPredictor {
         self.state = None;
     }
 
+    /// The model, shared.
+    pub fn model_arc(&self) -> &Arc<Sam> {
+        &self.model
+    }
+
     /// The resizer from the current image to the model input (error if no image is set).
     pub fn resizer(&self) -> Result<ImageResizer> {
         let s = self.state()?;
         Ok(self.resizer_for(s.original_size))
     }
 
+    /// The current image's (H0, W0), the official `original_size` (error if no image is set).
+    pub fn original_size(&self) -> Result<(usize, usize)> {
+        Ok(self.state()?.original_size)
+    }
+
+    /// The resized, unpadded (H, W) the encoder saw, the official `input_size` (error if no image is set).
+    pub fn input_size(&self) -> Result<(usize, usize)> {
+        Ok(self.state()?.input_size)
+    }
+
+    /// Bytes held for the current image: its embedding and the decoder's cached work (0 when none is set).
+    pub fn image_bytes(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| {
+            s.embedding.embedding.elem_count() * s.embedding.embedding.dtype().size_in_bytes()
+                + s.decoder_cache.bytes()
+        })
+    }
+
     fn resizer_for(&self, original: (usize, usize)) -> ImageResizer {
-        let cfg = self.model.config();
-        if cfg.fixed_input_size {
-            ImageResizer::new(original, (cfg.input_size[0], cfg.input_size[1]))
-        } else {
-            let p = cfg.encoder_patch_size;
-            ImageResizer::pad_only(
-                original,
-                (original.0.div_ceil(p) * p, original.1.div_ceil(p) * p),
-            )
-        }
+        resizer_for(&self.model, original)
     }
 
     fn state(&self) -> Result<&ImageEmbedding> {
+        Ok(&self.image_state()?.embedding)
+    }
+
+    fn image_state(&self) -> Result<&ImageState> {
         self.state.as_ref().ok_or_else(|| {
             Error::arg(
                 "image",
@@ -235,72 +390,23 @@ impl SamPredictor {
         })
     }
 
-    /// Set an image given as interleaved pixels (H0, W0, C) u8, with C = the model's channels
-    /// (for RGB models, 1-channel gray and 4-channel RGBA are converted). Runs the image encoder.
-    pub fn set_image(
-        &mut self,
-        pixels: &[u8],
-        height: usize,
-        width: usize,
-        channels: usize,
-        format: ImageFormat,
-    ) -> Result<()> {
-        let model_ch = self.model.config().in_channels;
-        if height == 0 || width == 0 {
-            return Err(Error::arg(
-                "image",
-                format!("image is empty ({width}×{height})"),
-            ));
-        }
-        if pixels.len() != height * width * channels {
-            return Err(Error::arg(
-                "image",
-                format!(
-                    "{} bytes do not make a {width}×{height}×{channels} image",
-                    pixels.len()
-                ),
-            ));
-        }
-        let converted;
-        let pixels = if channels == model_ch {
-            if format == ImageFormat::Bgr && channels >= 3 {
-                converted = pixels
-                    .chunks_exact(channels)
-                    .flat_map(|p| {
-                        let mut q = p.to_vec();
-                        q.swap(0, 2);
-                        q
-                    })
-                    .collect::<Vec<u8>>();
-                &converted[..]
-            } else {
-                pixels
-            }
-        } else if model_ch == 3 && (channels == 1 || channels == 4) {
-            converted = pixels
-                .chunks_exact(channels)
-                .flat_map(|p| match (channels, format) {
-                    (1, _) => [p[0], p[0], p[0]],
-                    (_, ImageFormat::Rgb) => [p[0], p[1], p[2]],
-                    (_, ImageFormat::Bgr) => [p[2], p[1], p[0]],
-                })
-                .collect::<Vec<u8>>();
-            &converted[..]
-        } else {
-            return Err(Error::arg(
-                "image",
-                format!("image has {channels} channels, the model expects {model_ch}"),
-            ));
-        };
-        let resizer = self.resizer_for((height, width));
-        let input = self.preprocess(pixels, &resizer)?;
+    /// Set an image (H0, W0, C): C = the model's channels, or for RGB models 1-channel gray and 4-channel RGBA
+    /// (converted); BGR views are flipped. Runs the image encoder.
+    pub fn set_image(&mut self, image: ImageView<'_>) -> Result<()> {
+        self.state = None;
+        let pixels = image.to_model_pixels(self.model.config().in_channels)?;
+        let resizer = self.resizer_for(image.size());
+        let input = self.preprocess(&pixels, &resizer)?;
         let embedding = self.model.encode_images(&input)?;
-        self.model.prepare_decoder(&embedding)?;
-        self.state = Some(ImageEmbedding {
-            model_name: self.model.config().name.clone(),
-            embedding,
-            original_size: (height, width),
-            input_size: resizer.rescaled_size(),
+        let decoder_cache = self.model.prepare_decoder(&embedding)?;
+        self.state = Some(ImageState {
+            embedding: ImageEmbedding {
+                model_name: self.model.config().name.clone(),
+                embedding,
+                original_size: image.size(),
+                input_size: resizer.rescaled_size(),
+            },
+            decoder_cache,
         });
         Ok(())
     }
@@ -311,12 +417,12 @@ impl SamPredictor {
         let (w, h) = (image.width() as usize, image.height() as usize);
         let channels = self.model.config().in_channels;
         let pixels = crate::image_io::model_pixels(image, channels, "set_image")?;
-        self.set_image(&pixels, h, w, channels, ImageFormat::Rgb)
+        self.set_image(ImageView::new(&pixels, h, w, channels)?)
     }
 
-    /// The official preprocessing: resize (Pillow bilinear), normalise with mean/std, zero-pad bottom/right.
-    /// Returns (1, C, H, W) f32.
-    pub fn preprocess(&self, pixels: &[u8], resizer: &ImageResizer) -> Result<Tensor> {
+    /// The official preprocessing of pixels in the model's channels: resize (Pillow bilinear), normalise with
+    /// mean/std, zero-pad bottom/right. Returns (1, C, H, W) f32.
+    fn preprocess(&self, pixels: &[u8], resizer: &ImageResizer) -> Result<Tensor> {
         let cfg = self.model.config();
         let c = cfg.in_channels;
         let (h0, w0) = resizer.src_size();
@@ -346,67 +452,35 @@ impl SamPredictor {
         self.state()
     }
 
+    /// The decoder's cached work for the current image (error if no image is set).
+    pub fn decoder_cache(&self) -> Result<&DecoderCache> {
+        Ok(&self.image_state()?.decoder_cache)
+    }
+
     /// Use a stored embedding instead of running the encoder. Its model name and shape must match the model.
     pub fn set_image_embedding(&mut self, embedding: ImageEmbedding) -> Result<()> {
-        let cfg = self.model.config();
-        if embedding.model_name != cfg.name {
-            return Err(Error::arg(
-                "embedding",
-                format!(
-                    "it was computed by model `{}`, this predictor uses `{}`",
-                    embedding.model_name, cfg.name
-                ),
-            ));
-        }
-        let resizer = self.resizer_for(embedding.original_size);
-        let (ph, pw) = resizer.dst_size();
-        let p = cfg.encoder_patch_size;
-        let expected = [1, cfg.embed_dim, ph / p, pw / p];
-        if embedding.embedding.dims() != expected {
-            return Err(Error::arg(
-                "embedding",
-                format!(
-                    "shape {:?} does not match the model's {expected:?}",
-                    embedding.embedding.dims()
-                ),
-            ));
-        }
-        if embedding.input_size != resizer.rescaled_size() {
-            return Err(Error::arg(
-                "embedding",
-                format!(
-                    "input size {:?} is not the resized size {:?} of an image of size {:?}",
-                    embedding.input_size,
-                    resizer.rescaled_size(),
-                    embedding.original_size
-                ),
-            ));
-        }
+        embedding.check_for(&self.model)?;
         let embedding = ImageEmbedding {
             embedding: embedding.embedding.to_device(self.model.device())?,
             ..embedding
         };
-        self.model.prepare_decoder(&embedding.embedding)?;
-        self.state = Some(embedding);
+        self.state = None;
+        let decoder_cache = self.model.prepare_decoder(&embedding.embedding)?;
+        self.state = Some(ImageState {
+            embedding,
+            decoder_cache,
+        });
         Ok(())
     }
 
     /// Predict masks for one prompt set (original-image pixel coordinates).
     ///
     /// Returns masks (K, H0, W0), scores (K) and low-res logits (K, H′, W′), K = 3 with `multimask_output`, else 1.
-    pub fn predict(
-        &self,
-        prompt: &PromptSet,
-        multimask_output: bool,
-        return_logits: bool,
-    ) -> Result<Prediction> {
-        let p = self.predict_batch(
-            std::slice::from_ref(prompt),
-            multimask_output,
-            return_logits,
-        )?;
+    pub fn predict(&self, prompt: &PromptSet, options: PredictOptions) -> Result<Prediction> {
+        let p = self.predict_batch(std::slice::from_ref(prompt), options)?;
         Ok(Prediction {
             masks: p.masks.squeeze(0)?,
+            mask_logits: p.mask_logits.map(|t| t.squeeze(0)).transpose()?,
             scores: p.scores.squeeze(0)?,
             low_res_logits: p.low_res_logits.squeeze(0)?,
         })
@@ -417,8 +491,7 @@ impl SamPredictor {
     pub fn predict_batch(
         &self,
         prompts: &[PromptSet],
-        multimask_output: bool,
-        return_logits: bool,
+        options: PredictOptions,
     ) -> Result<Prediction> {
         let state = self.state()?;
         if prompts.is_empty() {
@@ -525,7 +598,7 @@ impl SamPredictor {
                 None
             },
         };
-        self.predict_transformed(&prompts, multimask_output, return_logits)
+        self.predict_transformed(&prompts, options)
     }
 
     /// Like the official `predict_torch`: prompts already in the model-input frame, batch N.
@@ -533,19 +606,32 @@ impl SamPredictor {
     pub fn predict_transformed(
         &self,
         prompts: &Prompts,
-        multimask_output: bool,
-        return_logits: bool,
+        options: PredictOptions,
     ) -> Result<Prediction> {
-        let state = self.state()?;
-        let (low, scores) = self
-            .model
-            .decode(&state.embedding, prompts, multimask_output)?;
-        let masks = self.postprocess(&low, state, return_logits)?;
+        let (low, scores) = self.decode_transformed(prompts, options.multimask_output)?;
+        let (masks, mask_logits) = self.postprocess(&low, self.state()?, options.return_logits)?;
         Ok(Prediction {
             masks,
+            mask_logits,
             scores,
             low_res_logits: low,
         })
+    }
+
+    /// Low-res logits (N, K, H′, W′) and scores (N, K) for prompts in the model-input frame, with the image's
+    /// decoder cache.
+    pub(crate) fn decode_transformed(
+        &self,
+        prompts: &Prompts,
+        multimask_output: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let state = self.image_state()?;
+        self.model.decode(
+            &state.embedding.embedding,
+            prompts,
+            multimask_output,
+            Some(&state.decoder_cache),
+        )
     }
 
     fn mask_size_for(&self, resizer: &ImageResizer) -> [usize; 2] {
@@ -554,14 +640,14 @@ impl SamPredictor {
         [4 * ph / p, 4 * pw / p]
     }
 
-    /// Upscale low-res logits (N, K, H′, W′) to the original size as the official `postprocess_masks` does,
-    /// then threshold unless `return_logits`.
+    /// Upscale low-res logits (N, K, H′, W′) to the original size as the official `postprocess_masks` does and
+    /// threshold them: masks (N, K, H0, W0) u8, and the logits when `return_logits`.
     fn postprocess(
         &self,
         low: &Tensor,
         state: &ImageEmbedding,
         return_logits: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (n, k, mh, mw) = low.dims4()?;
         let resizer = self.resizer_for(state.original_size);
         let (h0, w0) = state.original_size;
@@ -578,6 +664,7 @@ impl SamPredictor {
         };
         let low = reader.as_ref().map_or(&owned[..], |r| r.as_slice());
         let dev = self.model.device();
+        let shape = (n, k, h0, w0);
         Ok(if return_logits {
             let up = resize::postprocess_masks(
                 low,
@@ -588,7 +675,12 @@ impl SamPredictor {
                 state.input_size,
                 state.original_size,
             )?;
-            Tensor::from_vec(up, (n, k, h0, w0), dev)?
+            let threshold = self.model.mask_threshold();
+            let masks: Vec<u8> = up.iter().map(|&v| u8::from(v > threshold)).collect();
+            (
+                Tensor::from_vec(masks, shape, dev)?,
+                Some(Tensor::from_vec(up, shape, dev)?),
+            )
         } else {
             let up = resize::postprocess_masks_binary(
                 low,
@@ -600,7 +692,7 @@ impl SamPredictor {
                 state.original_size,
                 self.model.mask_threshold(),
             )?;
-            Tensor::from_vec(up, (n, k, h0, w0), dev)?
+            (Tensor::from_vec(up, shape, dev)?, None)
         })
     }
 

@@ -8,7 +8,8 @@ use crate::checkpoint;
 use crate::config::SamConfig;
 use crate::error::{Error, Result};
 use crate::image_encoder::ImageEncoder;
-use crate::mask_decoder::MaskDecoder;
+use crate::mask_decoder::{DecoderCache, MaskDecoder};
+use crate::predictor::PredictOptions;
 use crate::prompt_encoder::{PromptEncoder, Prompts};
 use crate::resize::interpolate_bilinear;
 use crate::state_dict::StateDict;
@@ -26,12 +27,14 @@ pub struct SamInputs {
 /// Outputs of [`Sam::forward`].
 #[derive(Debug, Clone)]
 pub struct SamOutputs {
-    /// Masks (N, K, H, W) at the padded input size: u8 0/1, or f32 logits when `return_logits`.
+    /// Masks (N, K, H, W) at the padded input size, u8 0/1 (logits above the model's mask threshold).
     pub masks: Tensor,
+    /// The upsampled logits (N, K, H, W) f32 the masks were thresholded from, when `return_logits` was asked.
+    pub mask_logits: Option<Tensor>,
     /// Predicted IoU scores (N, K).
     pub scores: Tensor,
     /// Low-resolution logits (N, K, H′, W′).
-    pub logits: Tensor,
+    pub low_res_logits: Tensor,
 }
 
 /// Meta's Segment Anything Model.
@@ -186,13 +189,16 @@ impl Sam {
 
     /// Decode B prompt sets against one image embedding (1, D, gh, gw) (or B embeddings).
     ///
-    /// Prompts are in the model-input frame of a padded input of `input_hw` = 16·(gh, gw).
+    /// Prompts are in the model-input frame of a padded input of `input_hw` = 16·(gh, gw). `cache`, made by
+    /// [`Sam::prepare_decoder`] for this same embedding tensor, saves the decoder's prompt-independent work; it is
+    /// not used for other embeddings or for prompts with a mask. K = 3 with `multimask_output`, else 1.
     /// Returns low-res logits (B, K, 4gh, 4gw) and IoU predictions (B, K).
     pub fn decode(
         &self,
         image_embeddings: &Tensor,
         prompts: &Prompts,
         multimask_output: bool,
+        cache: Option<&DecoderCache>,
     ) -> Result<(Tensor, Tensor)> {
         let (_, _, gh, gw) = image_embeddings.dims4()?;
         let p = self.config.encoder_patch_size;
@@ -200,15 +206,21 @@ impl Sam {
             self.prompt_encoder
                 .forward(prompts, (gh * p, gw * p), (gh, gw), &self.device)?;
         let pe = self.prompt_encoder.dense_pe(gh, gw, &self.device)?;
-        self.mask_decoder
-            .forward(image_embeddings, &pe, &sparse, &dense, multimask_output)
+        self.mask_decoder.forward(
+            image_embeddings,
+            &pe,
+            &sparse,
+            &dense,
+            multimask_output,
+            cache,
+        )
     }
 
-    /// Compute now what later [`Sam::decode`] calls on this embedding (1, D, gh, gw) can reuse: the
-    /// prompt-independent image side of the decoder's first layer, for prompts without a mask. Optional — the
-    /// second decode of the same tensor computes it anyway; [`crate::SamPredictor`] calls it when an image is set.
-    /// A no-op off the CPU.
-    pub fn prepare_decoder(&self, image_embeddings: &Tensor) -> Result<()> {
+    /// Compute what later [`Sam::decode`] calls on this embedding (1, D, gh, gw) can reuse: the
+    /// prompt-independent image side of the decoder's first layer, for prompts without a mask. The caller owns
+    /// the result and passes it with the embedding ([`crate::SamPredictor`] does so for the image that is set);
+    /// the model keeps nothing per embedding. Empty off the CPU.
+    pub fn prepare_decoder(&self, image_embeddings: &Tensor) -> Result<DecoderCache> {
         let (_, _, gh, gw) = image_embeddings.dims4()?;
         let p = self.config.encoder_patch_size;
         let (_, dense) = self.prompt_encoder.forward(
@@ -223,14 +235,9 @@ impl Sam {
 
     /// The seed's end-to-end call: each image with its own prompt set.
     ///
-    /// Images (N, H, W, C) preprocessed; returns masks (N, K, H, W) upsampled bilinearly to the padded input size
-    /// (binary u8 unless `return_logits`), scores (N, K) and low-res logits (N, K, H′, W′).
-    pub fn forward(
-        &self,
-        inputs: &SamInputs,
-        multimask_output: bool,
-        return_logits: bool,
-    ) -> Result<SamOutputs> {
+    /// Images (N, H, W, C) preprocessed; returns masks (N, K, H, W) u8 upsampled bilinearly to the padded input
+    /// size (with their f32 logits when `options.return_logits`), scores (N, K) and low-res logits (N, K, H′, W′).
+    pub fn forward(&self, inputs: &SamInputs, options: PredictOptions) -> Result<SamOutputs> {
         let images = inputs
             .images
             .to_dtype(DType::F32)?
@@ -257,8 +264,12 @@ impl Sam {
                 boxes: select(&inputs.prompts.boxes, i)?,
                 masks: select(&inputs.prompts.masks, i)?,
             };
-            let (low, iou) =
-                self.decode(&embeddings.narrow(0, i, 1)?, &prompts, multimask_output)?;
+            let (low, iou) = self.decode(
+                &embeddings.narrow(0, i, 1)?,
+                &prompts,
+                options.multimask_output,
+                None,
+            )?;
             lows.push(low);
             scores.push(iou);
         }
@@ -274,16 +285,17 @@ impl Sam {
             w,
         )?;
         let threshold = self.config.mask_threshold;
-        let masks = if return_logits {
-            Tensor::from_vec(up, (n, k, h, w), &self.device)?
-        } else {
-            let bin: Vec<u8> = up.iter().map(|&v| u8::from(v > threshold)).collect();
-            Tensor::from_vec(bin, (n, k, h, w), &self.device)?
-        };
+        let bin: Vec<u8> = up.iter().map(|&v| u8::from(v > threshold)).collect();
+        let masks = Tensor::from_vec(bin, (n, k, h, w), &self.device)?;
+        let mask_logits = options
+            .return_logits
+            .then(|| Tensor::from_vec(up, (n, k, h, w), &self.device))
+            .transpose()?;
         Ok(SamOutputs {
             masks,
+            mask_logits,
             scores,
-            logits,
+            low_res_logits: logits,
         })
     }
 

@@ -18,7 +18,7 @@ use segment_anything::amg::{
     AutomaticMaskGenerator, OutputMode, RegionMode, Segmentation,
 };
 use segment_anything::rle::{decode_counts, encode_counts, CocoRle, Rle};
-use segment_anything::{Sam, SamConfig};
+use segment_anything::{ImageView, Sam, SamConfig};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -145,9 +145,11 @@ fn generator_matches_official_records() {
             "{}",
             case.name
         );
-        let mut gen = AutomaticMaskGenerator::new(sam.clone(), params).expect("params");
+        let gen = AutomaticMaskGenerator::new(sam.clone(), params).expect("params");
         let t = std::time::Instant::now();
-        let out = gen.generate_image_detailed(&img, None).expect("generate");
+        let out = gen
+            .generate_dynamic_image_detailed(&img, None)
+            .expect("generate");
         let secs = t.elapsed().as_secs_f64();
         println!(
             "{}: {} records (official {}{}), {:.2}s here vs {:.2}s official; stats {:?}",
@@ -333,7 +335,7 @@ fn output_modes_agree() {
         };
         AutomaticMaskGenerator::new(sam.clone(), params)
             .unwrap()
-            .generate(&img)
+            .generate_dynamic_image(&img)
             .unwrap()
     };
     let (a, b, c) = (
@@ -686,16 +688,15 @@ fn generator_input_errors_and_tiny_images() {
         box_nms_thresh: 1.0,
         ..Default::default()
     };
-    let mut gen = AutomaticMaskGenerator::new(sam.clone(), loose.clone()).unwrap();
-    let e = gen
-        .generate_pixels(&[0; 10], 2, 2, 3)
-        .unwrap_err()
-        .to_string();
+    let gen = AutomaticMaskGenerator::new(sam.clone(), loose.clone()).unwrap();
+    // Bad pixel buffers are refused by the one image view every entry point takes.
+    let e = ImageView::new(&[0; 10], 2, 2, 3).unwrap_err().to_string();
     assert!(e.contains("do not make"), "{e}");
-    let e = gen.generate_pixels(&[], 0, 0, 3).unwrap_err().to_string();
+    let e = ImageView::new(&[], 0, 0, 3).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
     // A 1×1 image: every mask is the single pixel or empty (NaN stability when the union is empty).
-    let recs = gen.generate_pixels(&[10, 200, 30], 1, 1, 3).unwrap();
+    let pixel = ImageView::new(&[10, 200, 30], 1, 1, 3).unwrap();
+    let recs = gen.generate(pixel).unwrap();
     assert_eq!(recs.len(), 12);
     for r in &recs {
         assert_eq!(r.crop_box, [0, 0, 1, 1]);
@@ -703,7 +704,7 @@ fn generator_input_errors_and_tiny_images() {
         assert!(r.area <= 1);
     }
     // Crop layers need crops of at least one pixel.
-    let mut crops = AutomaticMaskGenerator::new(
+    let crops = AutomaticMaskGenerator::new(
         sam,
         AmgParams {
             crop_n_layers: 1,
@@ -711,9 +712,6 @@ fn generator_input_errors_and_tiny_images() {
         },
     )
     .unwrap();
-    let e = crops
-        .generate_pixels(&[10, 200, 30], 1, 1, 3)
-        .unwrap_err()
-        .to_string();
+    let e = crops.generate(pixel).unwrap_err().to_string();
     assert!(e.contains("too small"), "{e}");
 }

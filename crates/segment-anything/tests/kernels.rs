@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use segment_anything::kernels::{self, math, Mat, MatMut, Par};
-use segment_anything::{Prompts, Sam, SamConfig};
+use segment_anything::{DecoderCache, Prompts, Sam, SamConfig};
 
 fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -404,7 +404,7 @@ fn check_decoder(cfg: &SamConfig, seed: u64) {
                 "multimask".into(),
                 Box::new(|e, dn, fast| {
                     if fast {
-                        dec.forward(e, &pe, &sparse, dn, true).unwrap()
+                        dec.forward(e, &pe, &sparse, dn, true, None).unwrap()
                     } else {
                         dec.forward_generic(e, &pe, &sparse, dn, true).unwrap()
                     }
@@ -415,7 +415,7 @@ fn check_decoder(cfg: &SamConfig, seed: u64) {
                 "single mask".into(),
                 Box::new(|e, dn, fast| {
                     if fast {
-                        dec.forward(e, &pe, &sparse, dn, false).unwrap()
+                        dec.forward(e, &pe, &sparse, dn, false, None).unwrap()
                     } else {
                         dec.forward_generic(e, &pe, &sparse, dn, false).unwrap()
                     }
@@ -470,13 +470,14 @@ fn check_decoder(cfg: &SamConfig, seed: u64) {
         labels: Some(l1),
         ..Default::default()
     };
-    let (m, _) = sam.decode(&emb1, &prompts, true).unwrap();
+    let (m, _) = sam.decode(&emb1, &prompts, true, None).unwrap();
     assert_eq!(m.dims(), [1, cfg.nb_multimask_outputs, mh, mw]);
     assert_eq!(m.dtype(), DType::F32);
 }
 
-/// The first layer's image side is cached per embedding tensor: built on the second decode (or by
-/// `prepare_decoder`), reused afterwards, never applied to another embedding, and it changes no output.
+/// The first layer's image side, prepared once per embedding ([`Sam::prepare_decoder`]) and passed to decodes by
+/// its owner: it changes no output, is never applied to another embedding, is empty for variables, and prompts
+/// with a mask do not use it. The model itself keeps nothing per embedding.
 #[test]
 fn decoder_layer0_cache_matches_generic_path() {
     let cfg = small_config(256, 8, 320);
@@ -488,18 +489,19 @@ fn decoder_layer0_cache_matches_generic_path() {
     let d = cfg.embed_dim;
     let dec = sam.mask_decoder();
     let pe = sam.prompt_encoder().dense_pe(gh, gw, &dev).unwrap();
-    let check = |emb: &Tensor, prompts: &Prompts, what: &str| {
+    let check = |emb: &Tensor, prompts: &Prompts, cache: Option<&DecoderCache>, what: &str| {
         let (sparse, dense) = sam
             .prompt_encoder()
             .forward(prompts, (input, input), (gh, gw), &dev)
             .unwrap();
-        let (m, i) = sam.decode(emb, prompts, true).unwrap();
+        let (m, i) = sam.decode(emb, prompts, true, cache).unwrap();
         let (mr, ir) = dec
             .forward_generic(emb, &pe, &sparse, &dense.contiguous().unwrap(), true)
             .unwrap();
         let (em, ei) = (rel_err(&m, &mr), rel_err(&i, &ir));
         println!("layer-0 cache, {what}: masks {em:.2e}, iou {ei:.2e}");
         assert!(em <= 2e-5 && ei <= 2e-5, "{what}: masks {em}, iou {ei}");
+        (m, i)
     };
     let emb_a = rand_tensor(&mut rng, &[1, d, gh, gw], 0.2);
     let emb_b = rand_tensor(&mut rng, &[1, d, gh, gw], 0.2);
@@ -515,39 +517,68 @@ fn decoder_layer0_cache_matches_generic_path() {
         labels: Some(l4),
         ..Default::default()
     };
-    assert_eq!(dec.layer0_cached(), 0);
-    check(&emb_a, &one, "first decode (not cached)");
-    assert_eq!(dec.layer0_cached(), 0);
-    check(&emb_a, &one, "second decode (builds the cache)");
-    assert_eq!(dec.layer0_cached(), 1);
-    check(&emb_a, &four, "4 prompt sets from the cache");
-    // Another embedding: not served from the first one's cache.
-    check(&emb_b, &one, "another embedding");
-    assert_eq!(dec.layer0_cached(), 1);
-    sam.prepare_decoder(&emb_b).unwrap();
-    assert_eq!(dec.layer0_cached(), 2);
-    check(&emb_b, &four, "prepared embedding");
-    // A copy with the same values is another tensor; a mask prompt disables the cache.
-    check(&emb_a.copy().unwrap(), &one, "copy of an embedding");
-    // (Random models amplify rounding with mask prompts, so that case is compared bit for bit with the same model
-    // that never saw the embedding.)
+    check(&emb_a, &one, None, "no cache");
+    let cache_a = sam.prepare_decoder(&emb_a).unwrap();
+    assert!(!cache_a.is_empty());
+    // The image side of the first layer: (gh·gw) × D keys and values at least.
+    assert!(
+        cache_a.bytes() >= 2 * gh * gw * d * 4,
+        "{}",
+        cache_a.bytes()
+    );
+    check(&emb_a, &one, Some(&cache_a), "1 prompt set from the cache");
+    check(
+        &emb_a,
+        &four,
+        Some(&cache_a),
+        "4 prompt sets from the cache",
+    );
+    // Another embedding given A's cache: the cache is ignored, the result is B's own, bit for bit.
+    let (mb, ib) = check(&emb_b, &one, None, "embedding B");
+    let (mx, ix) = check(&emb_b, &one, Some(&cache_a), "embedding B with A's cache");
+    assert_eq!(rel_err(&mx, &mb), 0.0, "A's cache used for B");
+    assert_eq!(rel_err(&ix, &ib), 0.0, "A's cache used for B");
+    // A copy with the same values is another tensor: not served from A's cache either.
+    let copy = emb_a.copy().unwrap();
+    let (mc, ic) = check(&copy, &one, None, "copy of A");
+    let (mcx, icx) = check(&copy, &one, Some(&cache_a), "copy of A with A's cache");
+    assert_eq!(rel_err(&mcx, &mc), 0.0, "A's cache used for its copy");
+    assert_eq!(rel_err(&icx, &ic), 0.0, "A's cache used for its copy");
+    let cache_b = sam.prepare_decoder(&emb_b).unwrap();
+    check(&emb_b, &four, Some(&cache_b), "B prepared");
+    // Clones share the prepared data.
+    let clone = cache_b.clone();
+    assert_eq!(clone.bytes(), cache_b.bytes());
+    check(&emb_b, &one, Some(&clone), "clone of B's cache");
+    // (Random models amplify rounding with mask prompts, so that case is compared bit for bit with the uncached
+    // decode.)
     let masked = Prompts {
         masks: Some(rand_tensor(&mut rng, &[1, 1, 4 * gh, 4 * gw], 2.0)),
         ..one.clone()
     };
-    let fresh = Sam::random(&cfg, 11, &dev).unwrap();
-    let (m, i) = sam.decode(&emb_a, &masked, true).unwrap();
-    let (mf, iff) = fresh.decode(&emb_a, &masked, true).unwrap();
+    let (m, i) = sam.decode(&emb_a, &masked, true, Some(&cache_a)).unwrap();
+    let (mf, iff) = sam.decode(&emb_a, &masked, true, None).unwrap();
     assert_eq!(rel_err(&m, &mf), 0.0, "mask prompt");
     assert_eq!(rel_err(&i, &iff), 0.0, "mask prompt");
-    // Variables can change in place: never cached.
+    // Variables can change in place: nothing is prepared for them.
     let var = candle_core::Var::from_tensor(&emb_b).unwrap();
-    for _ in 0..3 {
-        check(var.as_tensor(), &one, "variable");
-    }
+    let cache_var = sam.prepare_decoder(var.as_tensor()).unwrap();
+    assert!(cache_var.is_empty());
+    assert_eq!(cache_var.bytes(), 0);
+    check(var.as_tensor(), &one, Some(&cache_var), "variable");
     var.set(&emb_a).unwrap();
-    check(var.as_tensor(), &one, "variable after set");
-    assert_eq!(dec.layer0_cached(), 2);
+    check(
+        var.as_tensor(),
+        &one,
+        Some(&cache_var),
+        "variable after set",
+    );
+    // A cache made by one model is ignored by another with other weights (keyed on its own tensors).
+    let other = Sam::random(&cfg, 12, &dev).unwrap();
+    let (mo, io) = other.decode(&emb_a, &one, true, None).unwrap();
+    let (mox, iox) = other.decode(&emb_a, &one, true, Some(&cache_a)).unwrap();
+    assert_eq!(rel_err(&mox, &mo), 0.0, "another model used A's cache");
+    assert_eq!(rel_err(&iox, &io), 0.0, "another model used A's cache");
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{get, max_abs_diff, Fixture};
-use segment_anything::{Prompts, Sam, SamConfig, SamInputs};
+use segment_anything::{PredictOptions, Prompts, Sam, SamConfig, SamInputs};
 
 fn load_model(f: &Fixture) -> Sam {
     let cfg = SamConfig::from_json_file(f.path(&f.config)).expect("config");
@@ -60,7 +60,7 @@ fn check_cases(name: &str) {
         for case in f.cases.iter().filter(|c| c.image == img.name) {
             let p = prompts(&f, &t, case);
             for (which, emb) in [("official embedding", reference), ("our embedding", &ours)] {
-                let (low, iou) = sam.decode(emb, &p, case.multimask).unwrap();
+                let (low, iou) = sam.decode(emb, &p, case.multimask, None).unwrap();
                 let (dl, ml) = max_abs_diff(&low, get(&t, &case.low_res_logits));
                 let (di, _) = max_abs_diff(&iou, get(&t, &case.iou_predictions));
                 println!(
@@ -125,17 +125,36 @@ fn end_to_end_call_matches_official() {
         images,
         prompts: prompts(&f, &t, case),
     };
-    let out = sam.forward(&inputs, case.multimask, true).unwrap();
-    let (dl, _) = max_abs_diff(&out.logits, get(&t, &case.low_res_logits));
+    let options = PredictOptions {
+        multimask_output: case.multimask,
+        return_logits: true,
+    };
+    let out = sam.forward(&inputs, options).unwrap();
+    let (dl, _) = max_abs_diff(&out.low_res_logits, get(&t, &case.low_res_logits));
     let (di, _) = max_abs_diff(&out.scores, get(&t, &case.iou_predictions));
     assert!(dl <= 1e-3 && di <= 1e-4, "logits {dl}, scores {di}");
     let [h, w] = sam.config().input_size;
     let k = if case.multimask { 3 } else { 1 };
+    let mask_logits = out.mask_logits.as_ref().expect("logits were asked for");
+    assert_eq!(mask_logits.dims(), &[1, k, h, w]);
     assert_eq!(out.masks.dims(), &[1, k, h, w]);
-    let binary = sam.forward(&inputs, case.multimask, false).unwrap();
+    // The masks' type does not change with the option; without it there are no logits.
+    let binary = sam
+        .forward(
+            &inputs,
+            PredictOptions {
+                return_logits: false,
+                ..options
+            },
+        )
+        .unwrap();
+    assert!(binary.mask_logits.is_none());
+    assert_eq!(out.masks.dtype(), candle_core::DType::U8);
     assert_eq!(binary.masks.dtype(), candle_core::DType::U8);
-    let logits = out.masks.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let logits = mask_logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let bits = binary.masks.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let bits_with = out.masks.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    assert_eq!(bits, bits_with);
     assert!(logits
         .iter()
         .zip(&bits)

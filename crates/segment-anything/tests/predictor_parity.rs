@@ -5,10 +5,12 @@ mod common;
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::{bool_iou, get, max_abs_diff, repo_root, unpack_bits, Fixture};
-use segment_anything::predictor::{ImageEmbedding, PromptSet, SamPredictor};
-use segment_anything::{Prompts, Sam, SamConfig};
+use segment_anything::{
+    ImageEmbedding, ImageView, PredictOptions, Prediction, PromptSet, Prompts, Sam, SamConfig,
+    SamPredictor,
+};
 
 fn model(f: &Fixture) -> Arc<Sam> {
     let cfg = SamConfig::from_json_file(f.path(&f.config)).unwrap();
@@ -22,6 +24,29 @@ fn predictor_for(f: &Fixture, sam: &Arc<Sam>, image: &str) -> SamPredictor {
     let mut p = SamPredictor::new(sam.clone());
     p.set_dynamic_image(&photo).unwrap();
     p
+}
+
+/// With and without `return_logits` the masks are the same u8 tensor, and only the first has logits (whose
+/// signs are the masks).
+fn same_masks(with: &Prediction, without: &Prediction, name: &str) {
+    assert!(without.mask_logits.is_none(), "{name}");
+    assert_eq!(with.masks.dtype(), DType::U8, "{name}");
+    assert_eq!(without.masks.dtype(), DType::U8, "{name}");
+    let a = with.masks.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let b = without
+        .masks
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    assert_eq!(a, b, "{name}: masks change with return_logits");
+    let logits = with.mask_logits.as_ref().expect("logits");
+    assert_eq!(logits.dims(), with.masks.dims(), "{name}");
+    let l = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(
+        l.iter().zip(&a).all(|(l, m)| (*l > 0.0) == (*m == 1)),
+        "{name}: masks are not the logits' signs"
+    );
 }
 
 fn check_masks(
@@ -94,6 +119,10 @@ fn predictor_cases_match_official() {
         e.embedding = get(&t, &img.embedding).clone();
         p.set_image_embedding(e).unwrap();
         for case in f.cases.iter().filter(|c| c.image == img.name) {
+            let options = PredictOptions {
+                multimask_output: case.multimask,
+                return_logits: false,
+            };
             let (low, scores, logits, binary) = match case.kind.as_str() {
                 "predict" => {
                     let prompt = PromptSet {
@@ -102,12 +131,13 @@ fn predictor_cases_match_official() {
                         boxes: case.box_.map(|b| vec![b]).unwrap_or_default(),
                         mask_input: case.mask_input.as_ref().map(|n| get(&t, n).clone()),
                     };
-                    let a = p.predict(&prompt, case.multimask, true).unwrap();
-                    let b = p.predict(&prompt, case.multimask, false).unwrap();
+                    let a = p.predict(&prompt, options.with_logits()).unwrap();
+                    let b = p.predict(&prompt, options).unwrap();
+                    same_masks(&a, &b, &case.name);
                     (
                         a.low_res_logits.unsqueeze(0).unwrap(),
                         a.scores.unsqueeze(0).unwrap(),
-                        a.masks.unsqueeze(0).unwrap(),
+                        a.mask_logits.unwrap().unsqueeze(0).unwrap(),
                         b.masks.unsqueeze(0).unwrap(),
                     )
                 }
@@ -120,12 +150,11 @@ fn predictor_cases_match_official() {
                         masks: opt(&case.model_masks),
                     };
                     let a = p
-                        .predict_transformed(&prompts, case.multimask, true)
+                        .predict_transformed(&prompts, options.with_logits())
                         .unwrap();
-                    let b = p
-                        .predict_transformed(&prompts, case.multimask, false)
-                        .unwrap();
-                    (a.low_res_logits, a.scores, a.masks, b.masks)
+                    let b = p.predict_transformed(&prompts, options).unwrap();
+                    same_masks(&a, &b, &case.name);
+                    (a.low_res_logits, a.scores, a.mask_logits.unwrap(), b.masks)
                 }
                 _ => continue,
             };
@@ -160,9 +189,17 @@ fn embedding_file_round_trip_and_model_check() {
     let mut q = SamPredictor::new(sam.clone());
     q.set_image_embedding(loaded.clone()).unwrap();
     let prompt = PromptSet::point(200.0, 150.0);
-    let a = p.predict(&prompt, true, true).unwrap();
-    let b = q.predict(&prompt, true, true).unwrap();
-    assert_eq!(max_abs_diff(&a.masks, &b.masks).0, 0.0);
+    let logits = PredictOptions::multimask().with_logits();
+    let a = p.predict(&prompt, logits).unwrap();
+    let b = q.predict(&prompt, logits).unwrap();
+    assert_eq!(
+        max_abs_diff(
+            a.mask_logits.as_ref().unwrap(),
+            b.mask_logits.as_ref().unwrap()
+        )
+        .0,
+        0.0
+    );
 
     let mut wrong = loaded;
     wrong.model_name = "vit_b".into();
@@ -181,21 +218,24 @@ fn bad_inputs_are_errors_not_panics() {
     let sam = model(&f);
     let mut p = SamPredictor::new(sam.clone());
     let err = p
-        .predict(&PromptSet::point(1.0, 1.0), true, false)
+        .predict(&PromptSet::point(1.0, 1.0), PredictOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("set_image"), "{err}");
-    assert!(p
-        .set_image(&[], 0, 0, 3, Default::default())
+    assert!(ImageView::new(&[], 0, 0, 3)
         .unwrap_err()
         .to_string()
         .contains("empty"));
-    assert!(p.set_image(&[0; 10], 2, 2, 3, Default::default()).is_err());
-    p.set_image(&vec![100u8; 40 * 30 * 3], 30, 40, 3, Default::default())
+    assert!(ImageView::new(&[0; 10], 2, 2, 3).is_err());
+    let gray = vec![100u8; 40 * 30 * 3];
+    p.set_image(ImageView::new(&gray, 30, 40, 3).unwrap())
         .unwrap();
 
     let bad = |prompt: PromptSet, word: &str| {
-        let err = p.predict(&prompt, true, false).unwrap_err().to_string();
+        let err = p
+            .predict(&prompt, PredictOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(word), "expected `{word}` in: {err}");
     };
     bad(
@@ -254,8 +294,7 @@ fn bad_inputs_are_errors_not_panics() {
                 PromptSet::point(1.0, 1.0),
                 PromptSet::boxed([0.0, 0.0, 5.0, 5.0]),
             ],
-            true,
-            false,
+            PredictOptions::default(),
         )
         .unwrap_err()
         .to_string();
@@ -281,11 +320,93 @@ fn batch_of_prompt_sets_equals_separate_calls() {
             mask_input: None,
         },
     ];
-    let batch = p.predict_batch(&sets, true, true).unwrap();
+    let options = PredictOptions::multimask().with_logits();
+    let batch = p.predict_batch(&sets, options).unwrap();
     assert_eq!(batch.masks.dims(), &[2, 3, 400, 600]);
     for (i, s) in sets.iter().enumerate() {
-        let one = p.predict(s, true, true).unwrap();
+        let one = p.predict(s, options).unwrap();
         let (d, _) = max_abs_diff(&batch.low_res_logits.get(i).unwrap(), &one.low_res_logits);
         assert!(d < 1e-5, "set {i}: {d}");
     }
+}
+
+/// A server shares one model across threads and one predictor per image: these types must be `Send + Sync`.
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Sam>();
+    shared::<Arc<Sam>>();
+    shared::<SamPredictor>();
+    shared::<segment_anything::AutomaticMaskGenerator>();
+    shared::<segment_anything::DecoderCache>();
+    shared::<ImageEmbedding>();
+    shared::<Prediction>();
+    shared::<PredictOptions>();
+}
+
+/// The decoder's cached work belongs to the image that was set: made by `set_image`, counted in `image_bytes`,
+/// shared by clones, replaced with the next image and dropped with `clear_image`; predictions from many threads on
+/// one predictor equal the single-threaded one.
+#[test]
+fn image_session_owns_its_decoder_cache() {
+    let f = Fixture::load("tiny");
+    let sam = model(&f);
+    let mut p = SamPredictor::new(sam.clone());
+    assert_eq!(p.image_bytes(), 0);
+    assert!(p.decoder_cache().is_err());
+    let photo = |name: &str| {
+        let img = f.image(name);
+        let path = repo_root().join(img.file.as_ref().expect("photo file"));
+        segment_anything::load_image(&path, &Default::default()).unwrap()
+    };
+    p.set_dynamic_image(&photo("chelsea")).unwrap();
+    let emb = p.image_embedding().unwrap().embedding.clone();
+    let cache = p.decoder_cache().unwrap().clone();
+    assert!(!cache.is_empty());
+    assert_eq!(
+        p.image_bytes(),
+        emb.elem_count() * 4 + cache.bytes(),
+        "image_bytes counts the embedding and the cache"
+    );
+    let prompt = PromptSet::point(200.0, 150.0);
+    let options = PredictOptions::multimask().with_logits();
+    let first = p.predict(&prompt, options).unwrap();
+    // The same decode without the cache, straight through the model: the cache changes nothing.
+    let resizer = p.resizer().unwrap();
+    let [[x, y]] = resizer.scale_points(&[[200.0, 150.0]])[..] else {
+        panic!("one point")
+    };
+    let prompts = Prompts {
+        points: Some(Tensor::from_vec(vec![x, y], (1, 1, 2), &Device::Cpu).unwrap()),
+        labels: Some(Tensor::from_vec(vec![1f32], (1, 1), &Device::Cpu).unwrap()),
+        ..Default::default()
+    };
+    let (low, iou) = sam.decode(&emb, &prompts, true, None).unwrap();
+    let (dl, _) = max_abs_diff(&low.squeeze(0).unwrap(), &first.low_res_logits);
+    let (di, _) = max_abs_diff(&iou.squeeze(0).unwrap(), &first.scores);
+    assert!(dl <= 2e-5 && di <= 2e-5, "cached vs uncached: {dl}, {di}");
+    // Clones share the session; threads predicting on it agree with the first answer.
+    let q = p.clone();
+    assert_eq!(q.image_bytes(), p.image_bytes());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| q.predict(&prompt, options).unwrap()))
+            .collect();
+        for h in handles {
+            let out = h.join().unwrap();
+            assert_eq!(
+                max_abs_diff(&out.low_res_logits, &first.low_res_logits).0,
+                0.0
+            );
+        }
+    });
+    // A new image replaces the state; clearing drops it.
+    p.set_dynamic_image(&photo("coffee")).unwrap();
+    assert_ne!(p.original_size().unwrap(), q.original_size().unwrap());
+    assert!(p.image_bytes() > 0);
+    p.clear_image();
+    assert_eq!(p.image_bytes(), 0);
+    assert!(p.predict(&prompt, options).is_err());
+    // The clone keeps its own image.
+    assert_eq!(q.predict(&prompt, options).unwrap().scores.dims(), &[3]);
 }

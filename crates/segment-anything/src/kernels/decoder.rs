@@ -23,11 +23,10 @@
 //! no mask prompt): the products for all sets are then single matrix products.
 //!
 //! The first layer's image side does not depend on the prompts at all (keys = embedding + the no-mask vector):
-//! its token-to-image keys and values and its image-to-token queries are projected once per embedding and
-//! cached ([`Layer0Cache`], keyed on the embedding and positional-encoding tensors), so later decodes of the same
-//! embedding score the prompt tokens against them directly (dh values per head instead of D). The cache is
-//! filled on the second decode of an embedding, or at once by `Sam::prepare_decoder` (the predictor calls it
-//! when an image is set).
+//! its token-to-image keys and values and its image-to-token queries can be projected once per embedding
+//! ([`HostDecoder::prepare`] returns them as a [`Layer0`]), and decodes given that value score the prompt tokens
+//! against them directly (dh values per head instead of D). The value belongs to the caller (the predictor keeps
+//! it with the image that was set); the decoder itself keeps nothing per embedding.
 //!
 //! With that cache, the first output upscaling is folded through the image-to-token attentions ([`Fold`]): the
 //! final keys are the cached embedding plus low-rank attention updates under two LayerNorms, so the transposed
@@ -224,8 +223,6 @@ pub struct HostDecoder {
     pub iou_head: Vec<HostLinear>,
     /// Reused key buffers.
     pub pool: BufferPool,
-    /// First-layer image-side projections of the current embedding.
-    pub layer0: Layer0Cache,
 }
 
 /// Inputs of [`HostDecoder::forward`].
@@ -354,8 +351,9 @@ pub struct Layer0Key {
 }
 
 /// The image side of the first two-way layer, which does not depend on the prompts: its keys, the
-/// token-to-image keys and values, and the image-to-token queries.
-struct Layer0 {
+/// token-to-image keys and values, and the image-to-token queries (≈ 14 MB for D = 256 and a 64×64 grid, with the
+/// folded upscaling's image part).
+pub struct Layer0 {
     key: Layer0Key,
     /// Keys: embedding + dense prompt vector (n × D).
     x0: Vec<f32>,
@@ -369,31 +367,15 @@ struct Layer0 {
     xt: Vec<f32>,
 }
 
-/// How many embeddings keep their first-layer projections (≈ 14 MB each for D = 256 and a 64×64 grid, with the
-/// folded upscaling's image part), and how many keys decoded once are remembered.
-const LAYER0_CACHE_LEN: usize = 4;
-
-/// The cached first-layer projections of the last few embeddings decoded more than once (or prepared), most
-/// recently used last.
-#[derive(Default)]
-pub struct Layer0Cache(std::sync::Mutex<Layer0Slots>);
-
-#[derive(Default)]
-struct Layer0Slots {
-    /// Keys decoded once, not cached yet.
-    seen: Vec<Layer0Key>,
-    cached: Vec<std::sync::Arc<Layer0>>,
-}
-
-impl Clone for Layer0Cache {
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl std::fmt::Debug for Layer0Cache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Layer0Cache")
+impl Layer0 {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        let floats = self.x0.len()
+            + self.v0.len()
+            + self.q0.len()
+            + self.xt.len()
+            + self.k0t.iter().map(PackedB::len).sum::<usize>();
+        floats * std::mem::size_of::<f32>() + self.key.dense.len() * 4
     }
 }
 
@@ -884,46 +866,6 @@ impl HostDecoder {
 
     /// The cached first-layer image side for `key`: reused when it is the cached one, computed when `key` was
     /// seen before (a second decode of the same embedding) or `build` is set, else `None` (and `key` is noted).
-    fn layer0_for(
-        &self,
-        key: &Layer0Key,
-        inp: &DecoderInputs<'_>,
-        dense: &[f32],
-        build: bool,
-    ) -> Option<std::sync::Arc<Layer0>> {
-        if self.layers.is_empty() {
-            return None;
-        }
-        {
-            let mut slots = self.layer0.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = slots.cached.iter().position(|c| c.key == *key) {
-                let c = slots.cached.remove(i);
-                slots.cached.push(c.clone());
-                return Some(c);
-            }
-            match slots.seen.iter().position(|k| k == key) {
-                Some(i) => {
-                    slots.seen.remove(i);
-                }
-                None if !build => {
-                    if slots.seen.len() >= LAYER0_CACHE_LEN {
-                        slots.seen.remove(0);
-                    }
-                    slots.seen.push(key.clone());
-                    return None;
-                }
-                None => {}
-            }
-        }
-        let l0 = std::sync::Arc::new(self.build_layer0(key.clone(), inp, dense));
-        let mut slots = self.layer0.0.lock().unwrap_or_else(|e| e.into_inner());
-        if slots.cached.len() >= LAYER0_CACHE_LEN {
-            slots.cached.remove(0);
-        }
-        slots.cached.push(l0.clone());
-        Some(l0)
-    }
-
     fn build_layer0(&self, key: Layer0Key, inp: &DecoderInputs<'_>, dense: &[f32]) -> Layer0 {
         let d = self.dim;
         let (gh, gw) = inp.grid;
@@ -1023,23 +965,14 @@ impl HostDecoder {
         m
     }
 
-    /// Number of embeddings whose first-layer image side is cached.
-    pub fn layer0_cached(&self) -> usize {
-        self.layer0
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .cached
-            .len()
-    }
-
-    /// Compute and keep the first layer's image side for these inputs now (when they allow it), so that the
-    /// next decodes of the same embedding start from it.
-    pub fn prepare(&self, inp: &DecoderInputs<'_>) {
-        if let (Some(key), Some(dense)) = (&inp.layer0_key, shared_dense(inp)) {
-            if inp.n_embeddings == 1 {
-                self.layer0_for(key, inp, dense, true);
+    /// Compute the first layer's image side for these inputs (when they allow it: one embedding and one dense
+    /// vector shared by all sets), for later decodes of the same embedding to start from.
+    pub fn prepare(&self, inp: &DecoderInputs<'_>) -> Option<Layer0> {
+        match (&inp.layer0_key, shared_dense(inp)) {
+            (Some(key), Some(dense)) if inp.n_embeddings == 1 && !self.layers.is_empty() => {
+                Some(self.build_layer0(key.clone(), inp, dense))
             }
+            _ => None,
         }
     }
 
@@ -1240,8 +1173,14 @@ impl HostDecoder {
             .collect()
     }
 
-    /// Run the decoder. `mask_tokens` selects the mask tokens to output (e.g. 1..=3 for multimask).
-    pub fn forward(&self, inp: &DecoderInputs<'_>, mask_tokens: &[usize]) -> DecoderOutputs {
+    /// Run the decoder. `mask_tokens` selects the mask tokens to output (e.g. 1..=3 for multimask). `layer0` is
+    /// used when it was prepared for these inputs (same embedding, positional encoding and dense vector).
+    pub fn forward(
+        &self,
+        inp: &DecoderInputs<'_>,
+        mask_tokens: &[usize],
+        layer0: Option<&Layer0>,
+    ) -> DecoderOutputs {
         let d = self.dim;
         let (gh, gw) = inp.grid;
         let n = gh * gw;
@@ -1262,8 +1201,8 @@ impl HostDecoder {
         // Initial keys: embedding (channels last) + dense prompt embedding; shared by all sets when possible.
         let emb = |e: usize| &inp.embeddings[e * d * n..(e + 1) * d * n];
         let shared_dense = shared_dense(inp);
-        let l0 = match (&inp.layer0_key, shared_dense) {
-            (Some(key), Some(dv)) if inp.n_embeddings == 1 => self.layer0_for(key, inp, dv, false),
+        let l0 = match (&inp.layer0_key, layer0) {
+            (Some(key), Some(l0)) if inp.n_embeddings == 1 && l0.key == *key => Some(l0),
             _ => None,
         };
         let mut shared_keys: Option<Vec<f32>> = match shared_dense {

@@ -20,6 +20,16 @@ pub struct PackedB {
 }
 
 impl PackedB {
+    /// Number of stored values (with the panel padding).
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
     /// Pack `B` (k × n), element (l, j) at `b[l·rs + j·cs]`.
     pub fn new(b: &[f32], k: usize, n: usize, rs: usize, cs: usize) -> Self {
         if cs == 1 {
