@@ -10,8 +10,12 @@ pub mod image_encoder;
 pub mod image_io;
 pub mod image_view;
 pub mod io;
+/// The CPU kernels: crate-private, reachable only for the kernel benchmark (feature `bench-internals`).
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod kernels;
+#[cfg(not(feature = "bench-internals"))]
+pub(crate) mod kernels;
 pub mod layers;
 pub mod mask_decoder;
 pub mod memory;

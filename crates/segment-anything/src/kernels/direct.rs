@@ -8,6 +8,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use super::cpu::dispatch;
 use super::{Mat, MatMut, Par};
 
 /// A right-hand side (k × n) packed in panels of 16 columns (the last one zero-padded): panel `j` holds columns
@@ -305,10 +306,9 @@ fn packed_impl(
         assert!((m - 1) * ars + (k - 1) * acs < a.len(), "gemm_packed: lhs");
     }
     assert!((m - 1) * ldc + n - 1 < c.len(), "gemm_packed: destination");
-    #[cfg(target_arch = "x86_64")]
-    if super::math::has_avx2() {
-        // SAFETY: AVX2 + FMA available; `A` and `C` bounds checked above, packed panels are k × 16 each.
-        unsafe {
+    // The vector build: `A` and `C` bounds checked above, packed panels are k × 16 each.
+    if dispatch!(
+        Avx2 => {
             avx::gemm(
                 m,
                 n,
@@ -324,8 +324,11 @@ fn packed_impl(
                 c,
                 ldc,
                 accumulate,
-            )
+            );
+            true
         };
+        else false
+    ) {
         return;
     }
     if let Some(bias) = bias {
@@ -380,10 +383,9 @@ pub fn gemm_direct(
         assert!((k - 1) * ldb + n - 1 < b.len(), "gemm_direct: rhs");
     }
     assert!((m - 1) * ldc + n - 1 < c.len(), "gemm_direct: destination");
-    #[cfg(target_arch = "x86_64")]
-    if super::math::has_avx2() {
-        // SAFETY: AVX2 + FMA available; all accesses are within the bounds checked above.
-        unsafe {
+    // The vector build: all accesses are within the bounds checked above.
+    if dispatch!(
+        Avx2 => {
             avx::gemm(
                 m,
                 n,
@@ -399,8 +401,11 @@ pub fn gemm_direct(
                 c,
                 ldc,
                 accumulate,
-            )
+            );
+            true
         };
+        else false
+    ) {
         return;
     }
     super::gemm(
@@ -419,6 +424,11 @@ pub fn gemm_direct(
 mod avx {
     use super::*;
 
+    /// Lane mask of the first `nb` (≤ 8) lanes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     unsafe fn mask(nb: usize) -> __m256i {
         let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -426,6 +436,10 @@ mod avx {
     }
 
     /// The k-loop of one tile of `MR` rows × 16 columns (`B` readable for all 16 columns).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `a` is readable at `i·ars + l·acs` for i < MR, l < k, and `b` at `l·ldb + j` for l < k, j < 16.
     #[target_feature(enable = "avx2,fma")]
     #[inline(never)]
     unsafe fn kloop<const MR: usize>(
@@ -458,6 +472,10 @@ mod avx {
     }
 
     /// As [`kloop`] for a partial panel of `nb` < 16 columns (masked loads).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `nb` < 16; `a` is readable at `i·ars + l·acs` for i < MR, l < k, and `b` at `l·ldb + j` for l < k, j < nb.
     #[target_feature(enable = "avx2,fma")]
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
@@ -494,6 +512,10 @@ mod avx {
     /// The k-loop of a full 6 × 16 tile in assembly (the register allocation of the intrinsics version is
     /// fragile: 12 accumulators + 2 B vectors + broadcasts fill all 16 registers). Writes the 6 × 16 sums to
     /// `out` (row-major).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. As [`kloop`] with MR = 6; `out` is writable for 6 × 16 values.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn kloop6(
         k: usize,
@@ -508,6 +530,10 @@ mod avx {
     }
 
     /// [`kloop6`] storing row i of the tile at `out + i·ldo`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. As [`kloop`] with MR = 6; `out` is writable at `i·ldo + j` for i < 6, j < 16.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn kloop6_store(
@@ -597,6 +623,10 @@ mod avx {
     }
 
     /// The k-loop of one tile of `MR` rows × 8 columns (one vector; masked when `nb` < 8 and not padded).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. As [`kloop`] for MR rows, with `b` readable at `l·ldb + j` for j < 8.
     #[target_feature(enable = "avx2,fma")]
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
@@ -626,6 +656,10 @@ mod avx {
     }
 
     /// One tile of `MR` rows × up to 16 columns (`nb`).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `a` is readable at `i·ars + l·acs` for i < MR, l < k; `b` at `l·ldb + j` for l < k and j < 16 when `padded` (else j < nb); `bias` is null or readable for `nb` values; `c` is writable at `i·ldc + j` for i < MR, j < nb; `nb` ≤ 16.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const MR: usize>(
@@ -708,6 +742,11 @@ mod avx {
         }
     }
 
+    /// `C = A·B` (or `C += A·B`, plus `bias` when not null) in tiles of 6 rows × 16 columns.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `a` is readable at `i·ars + l·acs` for i < m, l < k; `b` holds the panels of 16 columns (panel p at `p·panel_stride`, row stride `ldb`; all 16 columns readable when `padded`); `bias` is null or readable for `n` values; `c` is writable at `i·ldc + j` for i < m, j < n and overlaps no input.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(

@@ -9,18 +9,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Whether the AVX2 + FMA kernels can run on this machine.
-#[inline]
-pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+use super::cpu::dispatch;
+pub use super::cpu::has_avx512;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const EXP_HI: f32 = 88.376_26;
@@ -92,125 +82,412 @@ pub fn gelu_scalar(x: f32) -> f32 {
     x * 0.5 * (1.0 + erf_scalar(x * SQRT1_2))
 }
 
-/// Whether the AVX-512F kernels (which also use AVX2 and FMA) can run on this machine.
-#[inline]
-pub fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        has_avx2() && std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// 16-lane versions of the AVX2 kernels: the same operations in the same order per lane, so the same bits.
+/// The vector kernels written once over their lane width: one [`Lanes`] implementation per instruction set
+/// (8 lanes with AVX2 + FMA, 16 with AVX-512F), the same operations in the same order per lane in both, so
+/// both widths give the same bits (sums included: they are accumulated in 8 lanes at either width).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod lanes {
     use super::*;
 
-    #[inline(always)]
-    unsafe fn gelu16(x: __m512) -> __m512 {
-        let v = _mm512_mul_ps(x, _mm512_set1_ps(SQRT1_2));
-        let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
-        let v2 = _mm512_mul_ps(v, v);
-        let mut p = _mm512_fmadd_ps(
-            v2,
-            _mm512_set1_ps(ERF_ALPHA[0]),
-            _mm512_set1_ps(ERF_ALPHA[1]),
-        );
-        for &c in &ERF_ALPHA[2..] {
-            p = _mm512_fmadd_ps(v2, p, _mm512_set1_ps(c));
-        }
-        p = _mm512_mul_ps(v, p);
-        let mut q = _mm512_fmadd_ps(v2, _mm512_set1_ps(ERF_BETA[0]), _mm512_set1_ps(ERF_BETA[1]));
-        for &c in &ERF_BETA[2..] {
-            q = _mm512_fmadd_ps(v2, q, _mm512_set1_ps(c));
-        }
-        let erf = _mm512_div_ps(p, q);
-        _mm512_mul_ps(
-            _mm512_mul_ps(x, _mm512_set1_ps(0.5)),
-            _mm512_add_ps(_mm512_set1_ps(1.0), erf),
-        )
+    /// One vector of `f32` lanes and the operations the element-wise kernels use.
+    ///
+    /// # Safety
+    ///
+    /// Every method runs instructions of the implementing instruction set: the CPU must support it (the
+    /// kernels below are only reached through [`dispatch!`](crate::kernels::cpu::dispatch) and functions
+    /// compiled with the matching `target_feature`). Pointer arguments must be valid for `N` reads or writes.
+    pub(crate) unsafe trait Lanes {
+        /// The vector register type.
+        type V: Copy;
+        /// Lanes per vector.
+        const N: usize;
+        /// `v` in every lane.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn splat(v: f32) -> Self::V;
+        /// `N` values from `p` (unaligned).
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn load(p: *const f32) -> Self::V;
+        /// `v` to `N` values at `p` (unaligned).
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn store(p: *mut f32, v: Self::V);
+        /// The values of `x` (fewer than `N`), the other lanes `fill`.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn load_partial(x: &[f32], fill: f32) -> Self::V;
+        /// The first `x.len()` (fewer than `N`) lanes of `v` into `x`.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn store_partial(x: &mut [f32], v: Self::V);
+        /// `a + b`.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+        /// `a − b`.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+        /// `a·b`.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+        /// `a / b`.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+        /// Lane-wise minimum (`b` where either is NaN, as `minps`).
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+        /// Lane-wise maximum (`b` where either is NaN, as `maxps`).
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+        /// `a·b + c`, one rounding.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        /// `c − a·b`, one rounding.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn fnmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        /// Rounded towards −∞.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn floor(a: Self::V) -> Self::V;
+        /// `2^k` for integral `k` (truncated to `i32`), 0 below the normal range.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn pow2i(k: Self::V) -> Self::V;
+        /// `acc + v` in 8 lanes: `v` added 8 lanes at a time, lowest first.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports the implementing instruction set; pointers are valid for `N` values.
+        unsafe fn add_to_8(acc: __m256, v: Self::V) -> __m256;
     }
 
-    #[inline(always)]
-    unsafe fn exp16(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(x, _mm512_set1_ps(EXP_HI));
-        let x = _mm512_max_ps(x, _mm512_set1_ps(EXP_LO));
-        let fx = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), _mm512_set1_ps(0.5));
-        // Round towards −∞ (1), exceptions suppressed (8): `floor`.
-        let fx = _mm512_roundscale_ps::<0x09>(fx);
-        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(EXP_C1), x);
-        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(EXP_C2), r);
-        let z = _mm512_mul_ps(r, r);
-        let mut y = _mm512_set1_ps(EXP_P[0]);
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[1]));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[2]));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[3]));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[4]));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[5]));
-        y = _mm512_fmadd_ps(y, z, r);
-        y = _mm512_add_ps(y, _mm512_set1_ps(1.0));
-        let e = _mm512_cvttps_epi32(fx);
-        let e = _mm512_add_epi32(e, _mm512_set1_epi32(127));
-        let e = _mm512_max_epi32(e, _mm512_setzero_si512());
-        let e = _mm512_slli_epi32::<23>(e);
-        _mm512_mul_ps(y, _mm512_castsi512_ps(e))
+    /// AVX2 + FMA: 8 lanes.
+    pub(crate) struct Avx2;
+    /// AVX-512F: 16 lanes.
+    pub(crate) struct Avx512;
+
+    // SAFETY: every method uses only AVX/AVX2/FMA instructions, and callers guarantee the CPU has them.
+    unsafe impl Lanes for Avx2 {
+        type V = __m256;
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> __m256 {
+            _mm256_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+        /// # Safety
+        ///
+        /// The CPU supports AVX2 and FMA. `x` holds at most 8 values.
+        #[inline(always)]
+        unsafe fn load_partial(x: &[f32], fill: f32) -> __m256 {
+            super::avx::load_partial(x, fill)
+        }
+        /// The first `x.len()` lanes of `v` into `x`.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports AVX2 and FMA. `x` holds at most 8 values.
+        #[inline(always)]
+        unsafe fn store_partial(x: &mut [f32], v: __m256) {
+            super::avx::store_partial(x, v)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            _mm256_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            _mm256_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m256, b: __m256) -> __m256 {
+            _mm256_div_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m256, b: __m256) -> __m256 {
+            _mm256_min_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            _mm256_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn fnmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fnmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn floor(a: __m256) -> __m256 {
+            _mm256_floor_ps(a)
+        }
+        #[inline(always)]
+        unsafe fn pow2i(k: __m256) -> __m256 {
+            let e = _mm256_add_epi32(_mm256_cvttps_epi32(k), _mm256_set1_epi32(127));
+            let e = _mm256_max_epi32(e, _mm256_setzero_si256());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+        }
+        #[inline(always)]
+        unsafe fn add_to_8(acc: __m256, v: __m256) -> __m256 {
+            _mm256_add_ps(acc, v)
+        }
     }
 
-    /// Mask of the first `n` (≤ 16) lanes.
+    // SAFETY: every method uses only AVX-512F (and AVX) instructions, and callers guarantee the CPU has them.
+    unsafe impl Lanes for Avx512 {
+        type V = __m512;
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> __m512 {
+            _mm512_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            _mm512_storeu_ps(p, v)
+        }
+        /// # Safety
+        ///
+        /// The CPU supports AVX2 and FMA. `x` holds at most 8 values.
+        #[inline(always)]
+        unsafe fn load_partial(x: &[f32], fill: f32) -> __m512 {
+            _mm512_mask_loadu_ps(_mm512_set1_ps(fill), first(x.len()), x.as_ptr())
+        }
+        /// The first `x.len()` lanes of `v` into `x`.
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports AVX2 and FMA. `x` holds at most 8 values.
+        #[inline(always)]
+        unsafe fn store_partial(x: &mut [f32], v: __m512) {
+            _mm512_mask_storeu_ps(x.as_mut_ptr(), first(x.len()), v)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            _mm512_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            _mm512_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512, b: __m512) -> __m512 {
+            _mm512_div_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m512, b: __m512) -> __m512 {
+            _mm512_min_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            _mm512_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn fnmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fnmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn floor(a: __m512) -> __m512 {
+            // Round towards −∞ (1), exceptions suppressed (8).
+            _mm512_roundscale_ps::<0x09>(a)
+        }
+        #[inline(always)]
+        unsafe fn pow2i(k: __m512) -> __m512 {
+            let e = _mm512_add_epi32(_mm512_cvttps_epi32(k), _mm512_set1_epi32(127));
+            let e = _mm512_max_epi32(e, _mm512_setzero_si512());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e))
+        }
+        #[inline(always)]
+        unsafe fn add_to_8(acc: __m256, v: __m512) -> __m256 {
+            let lo = _mm512_castps512_ps256(v);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            _mm256_add_ps(_mm256_add_ps(acc, lo), hi)
+        }
+    }
+
+    /// Mask of the first `n` (< 16) lanes.
     #[inline(always)]
     fn first(n: usize) -> __mmask16 {
         ((1u32 << n) - 1) as __mmask16
     }
 
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn exp_inplace(x: &mut [f32]) {
-        let mut chunks = x.chunks_exact_mut(16);
+    /// `exp` per lane ([`exp_scalar`]'s polynomial, with FMAs).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports `L`'s instruction set.
+    #[inline(always)]
+    pub(crate) unsafe fn exp<L: Lanes>(x: L::V) -> L::V {
+        let x = L::max(L::min(x, L::splat(EXP_HI)), L::splat(EXP_LO));
+        let fx = L::floor(L::fmadd(x, L::splat(LOG2E), L::splat(0.5)));
+        let r = L::fnmadd(fx, L::splat(EXP_C1), x);
+        let r = L::fnmadd(fx, L::splat(EXP_C2), r);
+        let z = L::mul(r, r);
+        let mut y = L::splat(EXP_P[0]);
+        for &p in &EXP_P[1..] {
+            y = L::fmadd(y, r, L::splat(p));
+        }
+        let y = L::add(L::fmadd(y, z, r), L::splat(1.0));
+        L::mul(y, L::pow2i(fx))
+    }
+
+    /// Exact GELU per lane, `0.5·x·(1 + erf(x/√2))` ([`erf_scalar`]'s rational function, with FMAs).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports `L`'s instruction set.
+    #[inline(always)]
+    pub(crate) unsafe fn gelu<L: Lanes>(x: L::V) -> L::V {
+        let v = L::mul(x, L::splat(SQRT1_2));
+        let v = L::min(L::max(v, L::splat(-4.0)), L::splat(4.0));
+        let v2 = L::mul(v, v);
+        let mut p = L::fmadd(v2, L::splat(ERF_ALPHA[0]), L::splat(ERF_ALPHA[1]));
+        for &c in &ERF_ALPHA[2..] {
+            p = L::fmadd(v2, p, L::splat(c));
+        }
+        p = L::mul(v, p);
+        let mut q = L::fmadd(v2, L::splat(ERF_BETA[0]), L::splat(ERF_BETA[1]));
+        for &c in &ERF_BETA[2..] {
+            q = L::fmadd(v2, q, L::splat(c));
+        }
+        let erf = L::div(p, q);
+        L::mul(L::mul(x, L::splat(0.5)), L::add(L::splat(1.0), erf))
+    }
+
+    /// `x = exp(x)` element-wise.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports `L`'s instruction set.
+    #[inline(always)]
+    pub(crate) unsafe fn exp_inplace<L: Lanes>(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(L::N);
         for c in &mut chunks {
-            let v = _mm512_loadu_ps(c.as_ptr());
-            _mm512_storeu_ps(c.as_mut_ptr(), exp16(v));
+            L::store(c.as_mut_ptr(), exp::<L>(L::load(c.as_ptr())));
         }
         let rest = chunks.into_remainder();
         if !rest.is_empty() {
-            let m = first(rest.len());
-            let v = _mm512_maskz_loadu_ps(m, rest.as_ptr());
-            _mm512_mask_storeu_ps(rest.as_mut_ptr(), m, exp16(v));
+            let v = exp::<L>(L::load_partial(rest, 0.0));
+            L::store_partial(rest, v);
         }
     }
 
-    /// As the AVX2 `exp_sub_sum`, with the sum accumulated in the same 8 lanes in the same order.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    /// `x = GELU(x)` element-wise (two vectors per step).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports `L`'s instruction set.
+    #[inline(always)]
+    pub(crate) unsafe fn gelu_inplace<L: Lanes>(x: &mut [f32]) {
+        let mut pairs = x.chunks_exact_mut(2 * L::N);
+        for c in &mut pairs {
+            let (v0, v1) = (L::load(c.as_ptr()), L::load(c.as_ptr().add(L::N)));
+            let (g0, g1) = (gelu::<L>(v0), gelu::<L>(v1));
+            L::store(c.as_mut_ptr(), g0);
+            L::store(c.as_mut_ptr().add(L::N), g1);
+        }
+        let mut chunks = pairs.into_remainder().chunks_exact_mut(L::N);
+        for c in &mut chunks {
+            L::store(c.as_mut_ptr(), gelu::<L>(L::load(c.as_ptr())));
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let v = gelu::<L>(L::load_partial(rest, 0.0));
+            L::store_partial(rest, v);
+        }
+    }
+
+    /// `x = exp(x − m)` in place; returns Σ, accumulated in 8 lanes (the same bits at either width).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports `L`'s instruction set and AVX2 + FMA.
+    #[inline(always)]
+    pub(crate) unsafe fn exp_sub_sum<L: Lanes>(x: &mut [f32], m: f32) -> f32 {
         let n = x.len();
-        let mv = _mm512_set1_ps(m);
+        let p = x.as_mut_ptr();
+        let mv = L::splat(m);
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
-        while i + 16 <= n {
-            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), mv));
-            _mm512_storeu_ps(x.as_mut_ptr().add(i), e);
-            let lo = _mm512_castps512_ps256(e);
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
-            acc = _mm256_add_ps(_mm256_add_ps(acc, lo), hi);
-            i += 16;
+        while i + L::N <= n {
+            let e = exp::<L>(L::sub(L::load(p.add(i)), mv));
+            L::store(p.add(i), e);
+            acc = L::add_to_8(acc, e);
+            i += L::N;
         }
+        // The tail in 8 lanes at either width.
+        let m8 = _mm256_set1_ps(m);
         if i + 8 <= n {
-            let e = super::avx::exp8(_mm256_sub_ps(
-                _mm256_loadu_ps(x.as_ptr().add(i)),
-                _mm256_set1_ps(m),
-            ));
-            _mm256_storeu_ps(x.as_mut_ptr().add(i), e);
+            let e = exp::<Avx2>(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m8));
+            _mm256_storeu_ps(p.add(i), e);
             acc = _mm256_add_ps(acc, e);
             i += 8;
         }
         let mut sum = super::avx::hsum(acc);
         if i < n {
-            let e = super::avx::exp8(_mm256_sub_ps(
-                super::avx::load_partial(&x[i..], m),
-                _mm256_set1_ps(m),
-            ));
+            let e = exp::<Avx2>(_mm256_sub_ps(super::avx::load_partial(&x[i..], m), m8));
             let mut buf = [0f32; 8];
             _mm256_storeu_ps(buf.as_mut_ptr(), e);
             let k = n - i;
@@ -222,77 +499,79 @@ mod avx512 {
         sum
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn gelu_inplace(x: &mut [f32]) {
-        let mut chunks = x.chunks_exact_mut(32);
-        for c in &mut chunks {
-            let v0 = _mm512_loadu_ps(c.as_ptr());
-            let v1 = _mm512_loadu_ps(c.as_ptr().add(16));
-            let (g0, g1) = (gelu16(v0), gelu16(v1));
-            _mm512_storeu_ps(c.as_mut_ptr(), g0);
-            _mm512_storeu_ps(c.as_mut_ptr().add(16), g1);
-        }
-        for c in chunks.into_remainder().chunks_mut(16) {
-            let m = first(c.len());
-            let v = _mm512_maskz_loadu_ps(m, c.as_ptr());
-            _mm512_mask_storeu_ps(c.as_mut_ptr(), m, gelu16(v));
-        }
+    /// The kernels above compiled for each instruction set.
+    macro_rules! builds {
+        ($name:ident, $features:literal, $lanes:ty) => {
+            pub(crate) mod $name {
+                use super::*;
+
+                /// `x = exp(x)` element-wise.
+                ///
+                /// # Safety
+                ///
+                /// The CPU supports the instruction sets this module is compiled for.
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn exp_inplace(x: &mut [f32]) {
+                    super::exp_inplace::<$lanes>(x)
+                }
+
+                /// `x = GELU(x)` element-wise.
+                ///
+                /// # Safety
+                ///
+                /// The CPU supports the instruction sets this module is compiled for.
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn gelu_inplace(x: &mut [f32]) {
+                    super::gelu_inplace::<$lanes>(x)
+                }
+
+                /// `x = exp(x − m)` in place; returns Σ.
+                ///
+                /// # Safety
+                ///
+                /// The CPU supports the instruction sets this module is compiled for.
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+                    super::exp_sub_sum::<$lanes>(x, m)
+                }
+            }
+        };
     }
+    builds!(avx2, "avx2,fma", Avx2);
+    builds!(avx512, "avx512f,avx2,fma", Avx512);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use super::*;
 
+    use super::lanes::{self, Avx2};
+
+    /// `exp` on 8 lanes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     pub unsafe fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
-        let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_LO));
-        let fx = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(0.5));
-        let fx = _mm256_floor_ps(fx);
-        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_C1), x);
-        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_C2), r);
-        let z = _mm256_mul_ps(r, r);
-        let mut y = _mm256_set1_ps(EXP_P[0]);
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[1]));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[2]));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[3]));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[4]));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[5]));
-        y = _mm256_fmadd_ps(y, z, r);
-        y = _mm256_add_ps(y, _mm256_set1_ps(1.0));
-        let e = _mm256_cvttps_epi32(fx);
-        let e = _mm256_add_epi32(e, _mm256_set1_epi32(127));
-        let e = _mm256_max_epi32(e, _mm256_setzero_si256());
-        let e = _mm256_slli_epi32::<23>(e);
-        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+        lanes::exp::<Avx2>(x)
     }
 
+    /// Exact GELU on 8 lanes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     pub unsafe fn gelu8(x: __m256) -> __m256 {
-        let v = _mm256_mul_ps(x, _mm256_set1_ps(SQRT1_2));
-        let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-4.0)), _mm256_set1_ps(4.0));
-        let v2 = _mm256_mul_ps(v, v);
-        let mut p = _mm256_fmadd_ps(
-            v2,
-            _mm256_set1_ps(ERF_ALPHA[0]),
-            _mm256_set1_ps(ERF_ALPHA[1]),
-        );
-        for &c in &ERF_ALPHA[2..] {
-            p = _mm256_fmadd_ps(v2, p, _mm256_set1_ps(c));
-        }
-        p = _mm256_mul_ps(v, p);
-        let mut q = _mm256_fmadd_ps(v2, _mm256_set1_ps(ERF_BETA[0]), _mm256_set1_ps(ERF_BETA[1]));
-        for &c in &ERF_BETA[2..] {
-            q = _mm256_fmadd_ps(v2, q, _mm256_set1_ps(c));
-        }
-        let erf = _mm256_div_ps(p, q);
-        _mm256_mul_ps(
-            _mm256_mul_ps(x, _mm256_set1_ps(0.5)),
-            _mm256_add_ps(_mm256_set1_ps(1.0), erf),
-        )
+        lanes::gelu::<Avx2>(x)
     }
 
+    /// Sum of the 8 lanes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     pub unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
@@ -303,6 +582,11 @@ mod avx {
         _mm_cvtss_f32(s)
     }
 
+    /// Largest of the 8 lanes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     pub unsafe fn hmax(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
@@ -314,6 +598,10 @@ mod avx {
     }
 
     /// Load up to 8 values (the rest filled with `fill`).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `x` holds at most 8 values.
     #[inline(always)]
     pub unsafe fn load_partial(x: &[f32], fill: f32) -> __m256 {
         let mut buf = [fill; 8];
@@ -321,6 +609,11 @@ mod avx {
         _mm256_loadu_ps(buf.as_ptr())
     }
 
+    /// The first `x.len()` lanes of `v` into `x`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `x` holds at most 8 values.
     #[inline(always)]
     pub unsafe fn store_partial(x: &mut [f32], v: __m256) {
         let mut buf = [0f32; 8];
@@ -329,42 +622,11 @@ mod avx {
         x.copy_from_slice(&buf[..n]);
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_inplace(x: &mut [f32]) {
-        let mut chunks = x.chunks_exact_mut(8);
-        for c in &mut chunks {
-            let v = _mm256_loadu_ps(c.as_ptr());
-            _mm256_storeu_ps(c.as_mut_ptr(), exp8(v));
-        }
-        let rest = chunks.into_remainder();
-        if !rest.is_empty() {
-            let v = load_partial(rest, 0.0);
-            store_partial(rest, exp8(v));
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gelu_inplace(x: &mut [f32]) {
-        let mut chunks = x.chunks_exact_mut(16);
-        for c in &mut chunks {
-            let v0 = _mm256_loadu_ps(c.as_ptr());
-            let v1 = _mm256_loadu_ps(c.as_ptr().add(8));
-            let (g0, g1) = (gelu8(v0), gelu8(v1));
-            _mm256_storeu_ps(c.as_mut_ptr(), g0);
-            _mm256_storeu_ps(c.as_mut_ptr().add(8), g1);
-        }
-        let mut chunks = chunks.into_remainder().chunks_exact_mut(8);
-        for c in &mut chunks {
-            let v = _mm256_loadu_ps(c.as_ptr());
-            _mm256_storeu_ps(c.as_mut_ptr(), gelu8(v));
-        }
-        let rest = chunks.into_remainder();
-        if !rest.is_empty() {
-            let v = load_partial(rest, 0.0);
-            store_partial(rest, gelu8(v));
-        }
-    }
-
+    /// `x[r, :] = GELU(x[r, :] + bias)` for every row of length `bias.len()`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `bias` is not empty.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
         let n = bias.len();
@@ -400,6 +662,10 @@ mod avx {
     }
 
     /// `x[i] = (x[i] + a) + b[i]`; returns the largest of `m` and the new values.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `b` is at least as long as `x`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn add_add_max(x: &mut [f32], a: f32, b: &[f32], m: f32) -> f32 {
         let n = x.len();
@@ -424,6 +690,10 @@ mod avx {
     }
 
     /// The largest element (−∞ for an empty row).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn row_max(x: &[f32]) -> f32 {
         let n = x.len();
@@ -440,33 +710,11 @@ mod avx {
         m
     }
 
-    /// `x = exp(x − m)` in place; returns Σ.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
-        let n = x.len();
-        let mv = _mm256_set1_ps(m);
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), mv));
-            _mm256_storeu_ps(x.as_mut_ptr().add(i), e);
-            acc = _mm256_add_ps(acc, e);
-            i += 8;
-        }
-        let mut sum = hsum(acc);
-        if i < n {
-            let e = exp8(_mm256_sub_ps(load_partial(&x[i..], m), mv));
-            let mut buf = [0f32; 8];
-            _mm256_storeu_ps(buf.as_mut_ptr(), e);
-            let k = n - i;
-            x[i..].copy_from_slice(&buf[..k]);
-            for v in &buf[..k] {
-                sum += v;
-            }
-        }
-        sum
-    }
-
+    /// Dot product: two 8-lane accumulators, then a horizontal sum.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `a` and `b` have the same length.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len();
@@ -502,6 +750,10 @@ mod avx {
     }
 
     /// 8×8 transpose: `out[j]` lane `i` = `v[i]` lane `j`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
         let t0 = _mm256_unpacklo_ps(v[0], v[1]);
@@ -533,6 +785,10 @@ mod avx {
     }
 
     /// 8×8 transposes over `rows` × `cols` (multiples of 8).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `rows` and `cols` are multiples of 8; `src` is readable at `i·lds + j` and `dst` writable at `j·ldd + i` for i < rows, j < cols; `add` is null or readable at `j·add_ld + i`; `dst` overlaps neither input.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn transpose_blocks(
@@ -568,6 +824,10 @@ mod avx {
     }
 
     /// Sums of 8 vectors: lane i of the result is the horizontal sum of `a[i]`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     unsafe fn hsum8(a: &[__m256; 8]) -> __m256 {
         let s01 = _mm256_hadd_ps(a[0], a[1]);
@@ -582,6 +842,10 @@ mod avx {
     }
 
     /// See [`super::head_scores8`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `t ≤ 8`, `q` holds r × 8·dh values, `k` 8·dh × 8 and `out` r × t × 8.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn head_scores8(
         q: &[f32],
@@ -629,6 +893,10 @@ mod avx {
     }
 
     /// `row_dots` for `blocks` blocks of 8 rows (c a multiple of 8).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `c` is a multiple of 8, `rows` holds `blocks`·8 rows of `c` values, `h` holds `kn` × `c` and `out` `blocks`·8 × `kn`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn row_dots8(
         rows: &[f32],
@@ -661,6 +929,11 @@ mod avx {
         }
     }
 
+    /// Softmax over `t` values interleaved with stride `h`, 8 groups at a time.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `h` is a multiple of 8 and `row` holds t × h values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_interleaved(row: &mut [f32], t: usize, h: usize) {
         let p = row.as_mut_ptr();
@@ -685,6 +958,11 @@ mod avx {
         }
     }
 
+    /// Sum of `x` (two 8-lane accumulators).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     unsafe fn sum_slice(x: &[f32]) -> f32 {
         let n = x.len();
@@ -707,6 +985,11 @@ mod avx {
         s
     }
 
+    /// Σ (x − mean)² (two 8-lane accumulators).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA.
     #[inline(always)]
     unsafe fn sq_dev_sum(x: &[f32], mean: f32) -> f32 {
         let n = x.len();
@@ -733,10 +1016,12 @@ mod avx {
         s
     }
 
-    /// In-place LayerNorm of 8 rows of `c` values (c a multiple of 8) at once: the per-row reductions end in
-    /// one transposed horizontal sum for all 8 rows.
     /// Means and reciprocal standard deviations of 8 rows of `c` values at `p` (row r at `p + r·c`), from their
     /// sums (8 lanes per row): two-pass variance, `1 / √(var + eps)`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `p` is readable for 8 rows of `c` values, `c` a multiple of 8.
     #[inline(always)]
     unsafe fn mean_rstd8(
         sums: &[__m256; 8],
@@ -768,6 +1053,12 @@ mod avx {
         (mb, rb)
     }
 
+    /// In-place LayerNorm of 8 rows of `c` values at once: the per-row reductions end in one transposed
+    /// horizontal sum for all 8 rows.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `c` is a multiple of 8, `x` holds 8 rows of `c` values, `w` and `b` hold `c` values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn layer_norm_rows8(x: &mut [f32], c: usize, w: &[f32], b: &[f32], eps: f32) {
         let p = x.as_mut_ptr();
@@ -799,6 +1090,10 @@ mod avx {
 
     /// See [`super::residual_norm_rows`]: 8 rows of `c` values (c a multiple of 8) at once, the per-row
     /// reductions ending in one transposed horizontal sum for all 8 rows.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `c = bias.len()` is a multiple of 8; `y`, `x`, `out`, `pe` and `xpe` are valid for 8 rows of `c` values (reads, and writes for `y`, `out`, `xpe`, which overlap nothing else); `w` and `b` hold `c` values and `stats` 8 entries.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn residual_norm_rows8(
@@ -849,6 +1144,10 @@ mod avx {
     }
 
     /// LayerNorm of one row: `(x − mean)·rstd·w + b`, two-pass mean and (biased) variance.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX2 and FMA. `src`, `dst`, `w` and `b` have the same length (`dst` may be `src`'s memory: every element is read before it is written).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn layer_norm_row(
         src: &[f32],
@@ -884,63 +1183,34 @@ mod avx {
 
 /// `x = exp(x)` element-wise.
 pub fn exp_inplace(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: AVX-512F (with AVX2 and FMA) is available.
-        return unsafe { avx512::exp_inplace(x) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available.
-        return unsafe { avx::exp_inplace(x) };
-    }
-    x.iter_mut().for_each(|v| *v = exp_scalar(*v));
-}
-
-/// [`exp_inplace`] and [`exp_sub_sum`] without the AVX-512 kernels (8 lanes, or scalar code without AVX2), for
-/// checking that both give the same bits.
-#[doc(hidden)]
-pub fn exp_8_lanes(x: &mut [f32], m: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available.
-        return unsafe { avx::exp_sub_sum(x, m) };
-    }
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = exp_scalar(*v - m);
-        sum += *v;
-    }
-    sum
+    dispatch!(
+        Avx512 => lanes::avx512::exp_inplace(x),
+        Avx2 => lanes::avx2::exp_inplace(x);
+        else x.iter_mut().for_each(|v| *v = exp_scalar(*v))
+    )
 }
 
 /// `x = GELU(x)` (exact, erf form) element-wise.
 pub fn gelu_inplace(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: AVX-512F is available.
-        return unsafe { avx512::gelu_inplace(x) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available.
-        return unsafe { avx::gelu_inplace(x) };
-    }
-    x.iter_mut().for_each(|v| *v = gelu_scalar(*v));
+    dispatch!(
+        Avx512 => lanes::avx512::gelu_inplace(x),
+        Avx2 => lanes::avx2::gelu_inplace(x);
+        else x.iter_mut().for_each(|v| *v = gelu_scalar(*v))
+    )
 }
 
 /// `x[r, :] = GELU(x[r, :] + bias)` for every row of length `bias.len()`.
 pub fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available.
-        return unsafe { avx::bias_gelu_rows(x, bias) };
-    }
-    for row in x.chunks_exact_mut(bias.len()) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v = gelu_scalar(*v + b);
+    dispatch!(
+        Avx2 => avx::bias_gelu_rows(x, bias);
+        else {
+            for row in x.chunks_exact_mut(bias.len()) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = gelu_scalar(*v + b);
+                }
+            }
         }
-    }
+    )
 }
 
 /// Softmax of one row in place (`exp(x − max)`, then multiplied by the reciprocal of the sum).
@@ -964,39 +1234,33 @@ pub fn softmax_unnormalized(x: &mut [f32]) -> f32 {
 /// `x[i] = (x[i] + a) + b[i]` (in that order); returns the largest of `m` and the new values.
 pub fn add_add_max(x: &mut [f32], a: f32, b: &[f32], m: f32) -> f32 {
     assert!(b.len() >= x.len(), "add_add_max: lengths");
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available; `b` is at least as long as `x`.
-        return unsafe { avx::add_add_max(x, a, b, m) };
-    }
-    x.iter_mut().zip(b).fold(m, |m, (v, &bv)| {
-        *v = (*v + a) + bv;
-        m.max(*v)
-    })
+    dispatch!(
+        Avx2 => avx::add_add_max(x, a, b, m);
+        else x.iter_mut().zip(b).fold(m, |m, (v, &bv)| {
+            *v = (*v + a) + bv;
+            m.max(*v)
+        })
+    )
 }
 
 /// The largest element of `x` (−∞ for an empty slice).
 pub fn row_max(x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available.
-        return unsafe { avx::row_max(x) };
-    }
-    x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    dispatch!(
+        Avx2 => avx::row_max(x);
+        else x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    )
 }
 
 /// `x = exp(x − m)` in place; returns the sum. With `m ≥ max(x)` every value is at most 1.
 pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: AVX-512F (with AVX2 and FMA) is available.
-        return unsafe { avx512::exp_sub_sum(x, m) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available.
-        return unsafe { avx::exp_sub_sum(x, m) };
-    }
+    dispatch!(
+        Avx512 => lanes::avx512::exp_sub_sum(x, m),
+        Avx2 => lanes::avx2::exp_sub_sum(x, m);
+        else exp_sub_sum_scalar(x, m)
+    )
+}
+
+fn exp_sub_sum_scalar(x: &mut [f32], m: f32) -> f32 {
     let mut sum = 0.0;
     for v in x.iter_mut() {
         *v = exp_scalar(*v - m);
@@ -1010,18 +1274,18 @@ pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
 pub fn layer_norm_row(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) -> (f32, f32) {
     let n = src.len();
     assert!(dst.len() == n && w.len() == n && b.len() == n);
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available; lengths checked above.
-        return unsafe { avx::layer_norm_row(src, dst, w, b, eps) };
-    }
-    let mean = src.iter().sum::<f32>() / n as f32;
-    let var = src.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-    let rstd = 1.0 / (var + eps).sqrt();
-    for i in 0..n {
-        dst[i] = (src[i] - mean) * rstd * w[i] + b[i];
-    }
-    (mean, rstd)
+    dispatch!(
+        Avx2 => avx::layer_norm_row(src, dst, w, b, eps);
+        else {
+            let mean = src.iter().sum::<f32>() / n as f32;
+            let var = src.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for i in 0..n {
+                dst[i] = (src[i] - mean) * rstd * w[i] + b[i];
+            }
+            (mean, rstd)
+        }
+    )
 }
 
 /// Residual, LayerNorm and positional encoding over rows of `c = bias.len()` values: `y ← x + (y + bias)`,
@@ -1045,15 +1309,13 @@ pub fn residual_norm_rows(
     assert!(w.len() == c && b.len() == c);
     assert!(y.len() == n * c && x.len() == n * c && out.len() == n * c);
     assert!(pe.len() == n * c && xpe.len() == n * c);
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && c.is_multiple_of(8) {
-        while done + 8 <= n {
-            let o = done * c;
-            // SAFETY: AVX2 + FMA available; 8 rows of c values (c a multiple of 8) from row `done` are in bounds
-            // of every slice (lengths checked above); `y`, `out` and `xpe` are distinct mutable borrows.
-            unsafe {
+    // Blocks of 8 rows by the vector build (8 rows of c values, c a multiple of 8, from row `done` are in bounds
+    // of every slice: lengths checked above; `y`, `out` and `xpe` are distinct mutable borrows), the rest here.
+    let done = dispatch!(
+        Avx2 if c.is_multiple_of(8) => {
+            let mut done = 0;
+            while done + 8 <= n {
+                let o = done * c;
                 avx::residual_norm_rows8(
                     y.as_mut_ptr().add(o),
                     x.as_ptr().add(o),
@@ -1065,11 +1327,13 @@ pub fn residual_norm_rows(
                     pe.as_ptr().add(o),
                     xpe.as_mut_ptr().add(o),
                     &mut stats[done..done + 8],
-                )
-            };
-            done += 8;
-        }
-    }
+                );
+                done += 8;
+            }
+            done
+        };
+        else 0
+    );
     for (i, st) in stats.iter_mut().enumerate().skip(done) {
         let row = i * c..(i + 1) * c;
         let yr = &mut y[row.clone()];
@@ -1111,17 +1375,16 @@ pub fn transpose_add(
         assert!((cols - 1) * ld + rows <= a.len());
     }
     let addv = |j: usize, i: usize| add.map_or(0.0, |(a, ld)| a[j * ld + i]);
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let (mut rb, mut cb) = (0, 0);
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        (rb, cb) = (rows / 8 * 8, cols / 8 * 8);
-        // SAFETY: AVX2 available; the 8×8 blocks stay inside the bounds checked above.
-        unsafe {
+    // The 8×8 blocks by the vector build (inside the bounds checked above), the remainders here.
+    let (rb, cb) = dispatch!(
+        Avx2 => {
+            let (rb, cb) = (rows / 8 * 8, cols / 8 * 8);
             let (ap, ald) = add.map_or((std::ptr::null(), 0), |(a, ld)| (a.as_ptr(), ld));
-            avx::transpose_blocks(src.as_ptr(), lds, dst.as_mut_ptr(), ldd, rb, cb, ap, ald)
+            avx::transpose_blocks(src.as_ptr(), lds, dst.as_mut_ptr(), ldd, rb, cb, ap, ald);
+            (rb, cb)
         };
-    }
+        else (0, 0)
+    );
     // Remainders: the last rows for all columns, the last columns of the block rows.
     for i in rb..rows {
         for j in 0..cols {
@@ -1140,37 +1403,37 @@ pub fn transpose_add(
 /// values, the unused ones zero; `out`: r × (t × 8), interleaved by token then head).
 pub fn head_scores8(q: &[f32], r: usize, dh: usize, k: &[f32], t: usize, out: &mut [f32]) {
     assert!(t <= 8 && q.len() >= r * 8 * dh && k.len() >= 8 * dh * 8 && out.len() >= r * t * 8);
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available; lengths checked above.
-        return unsafe { avx::head_scores8(q, r, dh, k, t, out) };
-    }
-    for i in 0..r {
-        for ti in 0..t {
-            for h in 0..8 {
-                let qh = &q[i * 8 * dh + h * dh..i * 8 * dh + (h + 1) * dh];
-                out[i * 8 * t + ti * 8 + h] = qh
-                    .iter()
-                    .enumerate()
-                    .map(|(d, &v)| v * k[(h * dh + d) * 8 + ti])
-                    .sum();
+    dispatch!(
+        Avx2 => avx::head_scores8(q, r, dh, k, t, out);
+        else {
+            for i in 0..r {
+                for ti in 0..t {
+                    for h in 0..8 {
+                        let qh = &q[i * 8 * dh + h * dh..i * 8 * dh + (h + 1) * dh];
+                        out[i * 8 * t + ti * 8 + h] = qh
+                            .iter()
+                            .enumerate()
+                            .map(|(d, &v)| v * k[(h * dh + d) * 8 + ti])
+                            .sum();
+                    }
+                }
             }
         }
-    }
+    )
 }
 
 /// `out[i·kn + k] = rows[i] · h[k]` for `n_rows` rows of length `c` and `kn` vectors `h` (kn × c).
 pub fn row_dots(rows: &[f32], c: usize, h: &[f32], kn: usize, out: &mut [f32]) {
     let n_rows = rows.len() / c;
     assert!(h.len() >= kn * c && out.len() >= n_rows * kn);
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut i0 = 0;
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && c.is_multiple_of(8) {
-        // SAFETY: AVX2 + FMA available; blocks of 8 full rows within the bounds checked above.
-        unsafe { avx::row_dots8(rows, c, h, kn, out, n_rows / 8) };
-        i0 = n_rows / 8 * 8;
-    }
+    // Blocks of 8 full rows (within the bounds checked above) by the vector build, the rest here.
+    let i0 = dispatch!(
+        Avx2 if c.is_multiple_of(8) => {
+            avx::row_dots8(rows, c, h, kn, out, n_rows / 8);
+            n_rows / 8 * 8
+        };
+        else 0
+    );
     for i in i0..n_rows {
         let r = &rows[i * c..(i + 1) * c];
         for k in 0..kn {
@@ -1183,11 +1446,9 @@ pub fn row_dots(rows: &[f32], c: usize, h: &[f32], kn: usize, out: &mut [f32]) {
 pub fn layer_norm_row_inplace(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let n = x.len();
     assert!(w.len() == n && b.len() == n);
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available; lengths checked above. The kernel reads every element of the
-        // row before writing it back.
-        unsafe {
+    // The vector build reads every element of the row before writing it back, so it may run in place.
+    dispatch!(
+        Avx2 => {
             let p = x.as_mut_ptr();
             avx::layer_norm_row(
                 std::slice::from_raw_parts(p, n),
@@ -1196,22 +1457,21 @@ pub fn layer_norm_row_inplace(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
                 b,
                 eps,
             );
+        };
+        else {
+            let src = x.to_vec();
+            layer_norm_row(&src, x, w, b, eps);
         }
-        return;
-    }
-    let src = x.to_vec();
-    layer_norm_row(&src, x, w, b, eps);
+    )
 }
 
 /// Dot product (8 lanes, then a horizontal sum).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are available; lengths checked above.
-        return unsafe { avx::dot(a, b) };
-    }
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    dispatch!(
+        Avx2 => avx::dot(a, b);
+        else a.iter().zip(b).map(|(x, y)| x * y).sum()
+    )
 }
 
 /// Softmax over `t` values interleaved with stride `h`: for each j < h, over `row[i·h + j]`, i < t (one
@@ -1221,10 +1481,14 @@ pub fn softmax_interleaved(row: &mut [f32], t: usize, h: usize) {
     if t == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && h.is_multiple_of(8) {
-        // SAFETY: AVX2 + FMA available; length checked above.
-        return unsafe { avx::softmax_interleaved(row, t, h) };
+    if dispatch!(
+        Avx2 if h.is_multiple_of(8) => {
+            avx::softmax_interleaved(row, t, h);
+            true
+        };
+        else false
+    ) {
+        return;
     }
     for j in 0..h {
         let m = (0..t).fold(f32::NEG_INFINITY, |a, i| a.max(row[i * h + j]));
@@ -1245,18 +1509,69 @@ pub fn softmax_interleaved(row: &mut [f32], t: usize, h: usize) {
 pub fn layer_norm_rows_inplace(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let c = w.len();
     assert!(b.len() == c);
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut rest: &mut [f32] = x;
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && c.is_multiple_of(8) {
-        let mut blocks = rest.chunks_exact_mut(8 * c);
-        for blk in &mut blocks {
-            // SAFETY: AVX2 + FMA available; 8 rows of c values, c a multiple of 8, w and b of length c.
-            unsafe { avx::layer_norm_rows8(blk, c, w, b, eps) };
-        }
-        rest = blocks.into_remainder();
-    }
+    // Blocks of 8 rows of c values (c a multiple of 8, w and b of length c) by the vector build, the rest here.
+    let rest: &mut [f32] = dispatch!(
+        Avx2 if c.is_multiple_of(8) => {
+            let mut blocks = x.chunks_exact_mut(8 * c);
+            for blk in &mut blocks {
+                avx::layer_norm_rows8(blk, c, w, b, eps);
+            }
+            blocks.into_remainder()
+        };
+        else x
+    );
     for row in rest.chunks_exact_mut(c) {
         layer_norm_row_inplace(row, w, b, eps);
+    }
+}
+
+/// The builds of the width-generic kernels at one level (capped at the CPU's), for checking that every width
+/// gives the same bits.
+#[cfg(test)]
+pub(crate) mod at_level {
+    use super::super::cpu::{isa, Isa};
+    use super::*;
+
+    fn level(want: Isa) -> Isa {
+        want.min(isa())
+    }
+
+    /// [`exp_inplace`](super::exp_inplace) at `want`.
+    pub(crate) fn exp_inplace(want: Isa, x: &mut [f32]) {
+        match level(want) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level is at most the CPU's.
+            Isa::Avx512 => unsafe { lanes::avx512::exp_inplace(x) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level is at most the CPU's.
+            Isa::Avx2 => unsafe { lanes::avx2::exp_inplace(x) },
+            _ => x.iter_mut().for_each(|v| *v = exp_scalar(*v)),
+        }
+    }
+
+    /// [`gelu_inplace`](super::gelu_inplace) at `want`.
+    pub(crate) fn gelu_inplace(want: Isa, x: &mut [f32]) {
+        match level(want) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level is at most the CPU's.
+            Isa::Avx512 => unsafe { lanes::avx512::gelu_inplace(x) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level is at most the CPU's.
+            Isa::Avx2 => unsafe { lanes::avx2::gelu_inplace(x) },
+            _ => x.iter_mut().for_each(|v| *v = gelu_scalar(*v)),
+        }
+    }
+
+    /// [`exp_sub_sum`](super::exp_sub_sum) at `want`.
+    pub(crate) fn exp_sub_sum(want: Isa, x: &mut [f32], m: f32) -> f32 {
+        match level(want) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level is at most the CPU's.
+            Isa::Avx512 => unsafe { lanes::avx512::exp_sub_sum(x, m) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level is at most the CPU's.
+            Isa::Avx2 => unsafe { lanes::avx2::exp_sub_sum(x, m) },
+            _ => super::exp_sub_sum_scalar(x, m),
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! The model modules use these kernels when their tensors live on the CPU; the plain candle code stays the
 //! path for other devices and the oracle the kernels are tested against.
 
+pub mod cpu;
 pub mod decoder;
 pub mod direct;
 pub mod encoder;
@@ -124,6 +125,7 @@ impl<'a> Mat<'a> {
     }
 
     /// The transposed view (no copy).
+    #[cfg_attr(not(test), allow(dead_code))] // the unit tests' transposed operands
     pub fn t(self) -> Self {
         Self {
             data: self.data,
@@ -157,11 +159,6 @@ impl<'a> MatMut<'a> {
     /// Row-major with row stride `rs`.
     pub fn rows(data: &'a mut [f32], rs: usize) -> Self {
         Self { data, rs, cs: 1 }
-    }
-
-    /// Arbitrary strides (must not alias within the written block).
-    pub fn strided(data: &'a mut [f32], rs: usize, cs: usize) -> Self {
-        Self { data, rs, cs }
     }
 }
 
@@ -419,3 +416,6 @@ impl HostLinear {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,10 @@
-//! The CPU kernels against the plain candle path (the reference): element-wise math, matrix products, the
+//! Unit tests: the CPU kernels against the plain candle path (the reference): element-wise math, matrix products, the
 //! mask decoder and the image encoder on random weights and inputs with small dimensions.
 
+use crate::kernels::{self, math, Mat, MatMut, Par};
+use crate::{DecoderCache, Prompts, Sam, SamConfig};
 use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use segment_anything::kernels::{self, math, Mat, MatMut, Par};
-use segment_anything::{DecoderCache, Prompts, Sam, SamConfig};
 
 fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -65,16 +65,20 @@ fn exp_matches_f64() {
     assert!(v.iter().all(|&x| x == 0.0));
 }
 
-/// The 16-lane exp kernels (where the machine has AVX-512) give the same bits as the 8-lane ones, sums included.
+/// Every vector width of the width-generic kernels (the machine's widest and every narrower one) gives the bits of
+/// the 8-lane build, sums included: exp, exp with a running sum, GELU.
 #[test]
-fn exp_kernels_agree_across_vector_widths() {
+fn exp_and_gelu_kernels_agree_across_vector_widths() {
+    use crate::kernels::cpu::{isa, Isa};
+    use crate::kernels::math::at_level;
+    println!("widest vector level on this CPU: {:?}", isa());
     let mut rng = StdRng::seed_from_u64(12);
-    for n in [1usize, 7, 8, 15, 16, 17, 24, 31, 33, 200, 4099] {
+    for n in [1usize, 7, 8, 15, 16, 17, 24, 31, 32, 33, 47, 200, 4099] {
         let xs = rand_vec(&mut rng, n, if n % 2 == 0 { 2.0 } else { 30.0 });
         let m = xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let (mut a, mut b) = (xs.clone(), xs.clone());
         let sa = math::exp_sub_sum(&mut a, m);
-        let sb = math::exp_8_lanes(&mut b, m);
+        let sb = at_level::exp_sub_sum(Isa::Avx2, &mut b, m);
         assert_eq!(sa.to_bits(), sb.to_bits(), "sum n={n}");
         assert!(
             a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
@@ -86,6 +90,31 @@ fn exp_kernels_agree_across_vector_widths() {
             c.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
             "exp_inplace n={n}"
         );
+        for level in [Isa::Avx2, Isa::Avx512] {
+            let mut e = xs.iter().map(|v| v - m).collect::<Vec<f32>>();
+            at_level::exp_inplace(level, &mut e);
+            assert!(
+                e.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "exp_inplace {level:?} n={n}"
+            );
+        }
+        let mut g = xs.clone();
+        math::gelu_inplace(&mut g);
+        let mut g8 = xs.clone();
+        at_level::gelu_inplace(Isa::Avx2, &mut g8);
+        assert!(
+            g.iter().zip(&g8).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "gelu n={n}"
+        );
+        // The scalar build has the same formulas (without fused multiply-adds): close, not bit-identical.
+        let mut gs = xs.clone();
+        at_level::gelu_inplace(Isa::Scalar, &mut gs);
+        for (x, y) in gs.iter().zip(&g) {
+            assert!(
+                (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                "scalar gelu {x} vs {y}"
+            );
+        }
     }
 }
 
@@ -656,7 +685,7 @@ fn naive_matmul(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> 
 
 #[test]
 fn direct_and_packed_products_match_naive() {
-    use segment_anything::kernels::direct::{
+    use crate::kernels::direct::{
         gemm_direct, gemm_packed, gemm_packed_bias, gemm_packed_cols, gemm_packed_rows, PackedB,
     };
     let mut rng = StdRng::seed_from_u64(9);
