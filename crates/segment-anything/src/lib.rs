@@ -25,6 +25,7 @@ pub mod resize;
 pub mod rle;
 pub mod sam;
 pub mod state_dict;
+pub(crate) mod transformer;
 pub mod weights;
 
 pub use amg::{AmgParams, AutomaticMaskGenerator, MaskRecord};

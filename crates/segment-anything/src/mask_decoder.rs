@@ -1,5 +1,11 @@
-//! The mask decoder: a two-way transformer between prompt tokens and image embeddings, output upscaling,
-//! hypernetwork MLPs and the IoU prediction head.
+//! The mask decoder (the official `segment_anything/modeling/mask_decoder.py`): the output tokens (IoU token and
+//! mask tokens) and the prompt tokens go through the two-way transformer (`transformer.rs`) with the image
+//! embedding; the image side is upscaled 4× (two transposed convolutions), each mask token's hypernetwork MLP gives
+//! the weights that turn the upscaled embedding into that mask's logits, and the IoU head predicts each mask's
+//! quality from the IoU token.
+//!
+//! On the CPU the decoder runs through the fused kernels of `kernels::decoder`; [`DecoderCache`] holds
+//! their prompt-independent work for one image embedding.
 
 use std::sync::Arc;
 
@@ -7,12 +13,11 @@ use candle_core::{DType, IndexOp, Tensor};
 
 use crate::config::SamConfig;
 use crate::error::{Error, Result};
-use crate::kernels::decoder::{
-    DecoderInputs, Dense, HostAttention, HostDecoder, HostTwoWayBlock, Layer0, Layer0Key,
-};
+use crate::kernels::decoder::{DecoderInputs, Dense, HostDecoder, Layer0, Layer0Key};
 use crate::kernels::direct::PackedB;
 use crate::kernels::F32Read;
-use crate::layers::{ConvTranspose2x2, LayerNorm, Linear, Mlp, MlpBlock};
+use crate::layers::{ConvTranspose2x2, LayerNorm, Mlp};
+use crate::transformer::TwoWayTransformer;
 use crate::weights::Weights;
 
 /// The mask decoder's prompt-independent work for one image embedding: the image side of the first two-way layer
@@ -52,208 +57,8 @@ impl std::fmt::Debug for DecoderCache {
     }
 }
 
-/// Decoder LayerNorm epsilon (PyTorch default).
-const DECODER_NORM_EPS: f64 = 1e-5;
 /// Upscaling LayerNorm2d epsilon.
 const NORM2D_EPS: f64 = 1e-6;
-
-/// Attention with an optional down-projection of the internal dimension.
-#[derive(Debug, Clone)]
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    num_heads: usize,
-}
-
-impl Attention {
-    fn load(w: &Weights, dim: usize, num_heads: usize, downsample: usize) -> Result<Self> {
-        let internal = dim / downsample;
-        Ok(Self {
-            q_proj: Linear::load(&w.pp("q_proj"), dim, internal, true)?,
-            k_proj: Linear::load(&w.pp("k_proj"), dim, internal, true)?,
-            v_proj: Linear::load(&w.pp("v_proj"), dim, internal, true)?,
-            out_proj: Linear::load(&w.pp("out_proj"), internal, dim, true)?,
-            num_heads,
-        })
-    }
-
-    fn host(&self) -> Result<HostAttention> {
-        Ok(HostAttention {
-            q: self.q_proj.host()?,
-            k: self.k_proj.host()?,
-            v: self.v_proj.host()?,
-            o: self.out_proj.host()?,
-            heads: self.num_heads,
-        })
-    }
-
-    fn separate_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        Ok(x.reshape((b, n, self.num_heads, c / self.num_heads))?
-            .transpose(1, 2)?
-            .contiguous()?)
-    }
-
-    /// q (B, Nq, D), k (B, Nk, D), v (B, Nk, D) → (B, Nq, D).
-    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let q = self.separate_heads(&self.q_proj.forward(q)?)?;
-        let k = self.separate_heads(&self.k_proj.forward(k)?)?;
-        let v = self.separate_heads(&self.v_proj.forward(v)?)?;
-        let (b, h, n, c) = q.dims4()?;
-        let attn = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
-        let out = attn
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n, h * c))?;
-        self.out_proj.forward(&out)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct TwoWayAttentionBlock {
-    self_attn: Attention,
-    norm1: LayerNorm,
-    cross_attn_token_to_image: Attention,
-    norm2: LayerNorm,
-    mlp: MlpBlock,
-    norm3: LayerNorm,
-    norm4: LayerNorm,
-    cross_attn_image_to_token: Attention,
-    skip_first_layer_pe: bool,
-}
-
-impl TwoWayAttentionBlock {
-    fn load(
-        w: &Weights,
-        dim: usize,
-        heads: usize,
-        mlp_dim: usize,
-        skip_first_layer_pe: bool,
-    ) -> Result<Self> {
-        Ok(Self {
-            self_attn: Attention::load(&w.pp("self_attn"), dim, heads, 1)?,
-            norm1: LayerNorm::load(&w.pp("norm1"), dim, DECODER_NORM_EPS)?,
-            cross_attn_token_to_image: Attention::load(
-                &w.pp("cross_attn_token_to_image"),
-                dim,
-                heads,
-                2,
-            )?,
-            norm2: LayerNorm::load(&w.pp("norm2"), dim, DECODER_NORM_EPS)?,
-            mlp: MlpBlock::load(&w.pp("mlp"), dim, mlp_dim, true)?,
-            norm3: LayerNorm::load(&w.pp("norm3"), dim, DECODER_NORM_EPS)?,
-            norm4: LayerNorm::load(&w.pp("norm4"), dim, DECODER_NORM_EPS)?,
-            cross_attn_image_to_token: Attention::load(
-                &w.pp("cross_attn_image_to_token"),
-                dim,
-                heads,
-                2,
-            )?,
-            skip_first_layer_pe,
-        })
-    }
-
-    fn host(&self) -> Result<HostTwoWayBlock> {
-        Ok(HostTwoWayBlock {
-            self_attn: self.self_attn.host()?,
-            norm1: self.norm1.host(),
-            t2i: self.cross_attn_token_to_image.host()?,
-            norm2: self.norm2.host(),
-            mlp1: self.mlp.lin1().host()?,
-            mlp2: self.mlp.lin2().host()?,
-            norm3: self.norm3.host(),
-            norm4: self.norm4.host(),
-            i2t: self.cross_attn_image_to_token.host()?,
-            skip_first_layer_pe: self.skip_first_layer_pe,
-        })
-    }
-
-    fn forward(
-        &self,
-        queries: &Tensor,
-        keys: &Tensor,
-        query_pe: &Tensor,
-        key_pe: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let queries = if self.skip_first_layer_pe {
-            self.self_attn.forward(queries, queries, queries)?
-        } else {
-            let q = (queries + query_pe)?;
-            (queries + self.self_attn.forward(&q, &q, queries)?)?
-        };
-        let queries = self.norm1.forward(&queries)?;
-
-        let q = (&queries + query_pe)?;
-        let k = keys.broadcast_add(key_pe)?;
-        let attn = self.cross_attn_token_to_image.forward(&q, &k, keys)?;
-        let queries = self.norm2.forward(&(queries + attn)?)?;
-
-        let mlp = self.mlp.forward(&queries)?;
-        let queries = self.norm3.forward(&(queries + mlp)?)?;
-
-        let q = (&queries + query_pe)?;
-        let attn = self.cross_attn_image_to_token.forward(&k, &q, &queries)?;
-        let keys = self.norm4.forward(&(keys + attn)?)?;
-        Ok((queries, keys))
-    }
-}
-
-#[derive(Debug, Clone)]
-struct TwoWayTransformer {
-    layers: Vec<TwoWayAttentionBlock>,
-    final_attn_token_to_image: Attention,
-    norm_final_attn: LayerNorm,
-}
-
-impl TwoWayTransformer {
-    fn load(w: &Weights, cfg: &SamConfig) -> Result<Self> {
-        let d = cfg.embed_dim;
-        let layers = (0..cfg.decoder_nb_blocks)
-            .map(|i| {
-                TwoWayAttentionBlock::load(
-                    &w.pp(format!("layers.{i}")),
-                    d,
-                    cfg.decoder_nb_heads,
-                    cfg.decoder_mlp_channels,
-                    i == 0,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            layers,
-            final_attn_token_to_image: Attention::load(
-                &w.pp("final_attn_token_to_image"),
-                d,
-                cfg.decoder_nb_heads,
-                2,
-            )?,
-            norm_final_attn: LayerNorm::load(&w.pp("norm_final_attn"), d, DECODER_NORM_EPS)?,
-        })
-    }
-
-    /// image (B, HW, D), image_pe (1, HW, D), tokens (B, T, D) → (queries (B, T, D), keys (B, HW, D)).
-    fn forward(
-        &self,
-        image: &Tensor,
-        image_pe: &Tensor,
-        tokens: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let mut queries = tokens.clone();
-        let mut keys = image.clone();
-        for layer in &self.layers {
-            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe)?;
-        }
-        let q = (&queries + tokens)?;
-        let k = keys.broadcast_add(image_pe)?;
-        let attn = self.final_attn_token_to_image.forward(&q, &k, &keys)?;
-        let queries = self.norm_final_attn.forward(&(queries + attn)?)?;
-        Ok((queries, keys))
-    }
-}
 
 /// The SAM mask decoder.
 #[derive(Debug, Clone)]
@@ -274,7 +79,7 @@ pub struct MaskDecoder {
 
 impl MaskDecoder {
     /// Load from weights under `mask_decoder.`.
-    pub fn load(cfg: &SamConfig, w: &Weights) -> Result<Self> {
+    pub(crate) fn load(cfg: &SamConfig, w: &Weights) -> Result<Self> {
         let d = cfg.embed_dim;
         let n = cfg.nb_mask_tokens();
         let iou_token = w.get("iou_token.weight", &[1, d])?;
@@ -315,12 +120,12 @@ impl MaskDecoder {
     }
 
     fn build_host(&self) -> Result<HostDecoder> {
-        let t = &self.transformer;
         let (up1_w, up1_b) = self.upscale1.host_subpixel_major()?;
         let (up2_w, up2_b) = self.upscale2.host_subpixel_major()?;
         let (c1, c2) = (self.upscale1.out_channels(), self.upscale2.out_channels());
         let d = self.embed_dim;
         let up1_w = PackedB::new(&up1_w, d, 4 * c1, 4 * c1, 1);
+        let (layers, final_attn, norm_final) = self.transformer.host()?;
 
         let host_mlp =
             |m: &Mlp| -> Result<Vec<_>> { m.layers().iter().map(|l| l.host()).collect() };
@@ -328,13 +133,9 @@ impl MaskDecoder {
             dim: self.embed_dim,
             output_tokens: crate::kernels::to_vec(&self.output_tokens)?,
             n_masks: self.num_mask_tokens,
-            layers: t
-                .layers
-                .iter()
-                .map(|l| l.host())
-                .collect::<Result<Vec<_>>>()?,
-            final_attn: t.final_attn_token_to_image.host()?,
-            norm_final: t.norm_final_attn.host(),
+            layers,
+            final_attn,
+            norm_final,
             up1_w,
             up1_b,
             up_norm: self.upscale_norm.host(),
@@ -495,7 +296,7 @@ impl MaskDecoder {
     ///
     /// Empty on devices other than the CPU and for candle variables. Decodes use it only with the same
     /// `image_embeddings` and `image_pe` tensors and the same dense vector.
-    pub fn prepare(
+    pub(crate) fn prepare(
         &self,
         image_embeddings: &Tensor,
         image_pe: &Tensor,
